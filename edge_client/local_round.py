@@ -1,0 +1,109 @@
+"""One client's work in one round: take the global state, soft-label, train, report.
+
+This is the whole LP-FL client algorithm, with no I/O: the in-process simulation calls it
+directly and the websocket client calls it when a task arrives, so both compute the same update.
+
+1. Load the global trainable state (LoRA adapters, or every parameter for FP-FL).
+2. If the round's soft-label budget is positive, score the unlabeled texts with that global model
+   and keep the confident ones (:func:`lpfl.softlabels.select_confident`). Labels are chosen anew
+   every round from the newest global model, so they improve as it improves.
+3. Train ``local_steps`` steps on labeled (hard) plus soft-labeled examples.
+4. Return the new trainable state, the number of training examples (the FedAvg weight) and metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from lpfl.data import Example
+from lpfl.model.adapters import load_trainable_state, trainable_state
+from lpfl.model.prompt import PromptModel
+from lpfl.softlabels import select_confident
+from lpfl.strategy import ClientUpdate
+from lpfl.training import TrainExample, hard_example, train_steps
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoundTask:
+    """The settings a server sends with each round's task (plain values: they go on the wire)."""
+
+    round: int
+    seed: int
+    local_steps: int
+    batch_size: int
+    lr: float
+    soft_label_budget: int = 0
+    soft_label_threshold: float = 0.8
+    soft_label_balanced: bool = True
+    soft_label_weight: float = 1.0
+    soft_label_loss: str = "soft-ce"
+    weight_decay: float = 0.0
+
+    @classmethod
+    def from_settings(cls, round_number: int, settings: Mapping[str, Any]) -> RoundTask:
+        known = {k: v for k, v in settings.items() if k in cls.__dataclass_fields__}
+        known["round"] = round_number
+        return cls(**known)
+
+
+class LocalClient:
+    """A client's data and model; :meth:`train_round` is the Trainer a connection calls."""
+
+    def __init__(self, client_id: str, index: int, pm: PromptModel,
+                 labeled: Sequence[Example], unlabeled: Sequence[Example],
+                 eval_batch_size: int = 32) -> None:
+        if not labeled:
+            raise ValueError(f"client {client_id} has no labeled examples")
+        self.client_id = client_id
+        self.index = index
+        self.pm = pm
+        self.labeled = list(labeled)
+        self.unlabeled = list(unlabeled)
+        self.eval_batch_size = eval_batch_size
+
+    def soft_label(self, task: RoundTask) -> tuple[list[TrainExample], dict[str, float]]:
+        """Pseudo-label the unlabeled pool with the current (global) model."""
+        if task.soft_label_budget <= 0 or not self.unlabeled:
+            return [], {"soft_labels_added": 0.0}
+        texts = [e.text for e in self.unlabeled]
+        probs = torch.softmax(self.pm.score(texts, self.eval_batch_size), -1)
+        chosen = select_confident(probs, task.soft_label_budget, task.soft_label_threshold,
+                                  task.soft_label_balanced)
+        soft = [TrainExample(texts[i], tuple(float(p) for p in probs[i]),
+                             weight=task.soft_label_weight, soft=True) for i in chosen]
+        metrics = {"soft_labels_added": float(len(chosen))}
+        known = [i for i in chosen if self.unlabeled[i].label >= 0]
+        if known:  # a diagnostic against hidden labels; never used for training
+            right = sum(int(probs[i].argmax()) == self.unlabeled[i].label for i in known)
+            metrics["soft_label_correct"] = float(right)
+            metrics["soft_label_checked"] = float(len(known))
+        return soft, metrics
+
+    def train_round(self, round_number: int, global_state: Mapping[str, torch.Tensor],
+                    settings: Mapping[str, Any]) -> ClientUpdate:
+        """Soft-label and train from ``global_state``; the update the server aggregates."""
+        task = RoundTask.from_settings(round_number, settings)
+        load_trainable_state(self.pm, global_state)
+        started = time.perf_counter()
+        soft, metrics = self.soft_label(task)
+        labeling_done = time.perf_counter()
+        examples = [hard_example(e.text, e.label, self.pm.num_classes) for e in self.labeled]
+        examples += soft
+        rng = np.random.default_rng([task.seed, task.round, self.index])
+        loss = train_steps(self.pm, examples, task.local_steps, task.batch_size, task.lr, rng,
+                           task.soft_label_loss, task.weight_decay)
+        finished = time.perf_counter()
+        metrics.update(train_loss=loss, soft_label_seconds=labeling_done - started,
+                       train_seconds=finished - labeling_done)
+        log.info("client %s round %d: %d examples (%d soft), loss %.4f", self.client_id,
+                 round_number, len(examples), len(soft), loss)
+        return ClientUpdate(self.client_id, trainable_state(self.pm), len(examples), metrics)

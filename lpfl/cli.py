@@ -1,0 +1,77 @@
+"""The ``lpfl`` command. Each subcommand parses arguments and calls one library function."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from lpfl.errors import LpflError
+
+log = logging.getLogger("lpfl")
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML run file (defaults if omitted)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE", help="override one config value (repeatable)")
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    import torch
+
+    from lpfl.config import load_config
+    from lpfl.report import write_report
+    from lpfl.results import ResultsFile
+    from lpfl.simulate import federated_data, run_method
+
+    config = load_config(args.config, args.overrides)
+    torch.set_num_threads(config.run.threads)
+    out = Path(args.out)
+    results_path = out / "results.json"
+    if args.fresh:
+        results_path.unlink(missing_ok=True)
+    results = ResultsFile(results_path, config.to_dict())
+    if results.runs and ResultsFile.load_config(results_path) != config.to_dict():
+        raise LpflError(f"{results_path} holds runs made with a different config; "
+                        "pass --fresh to start over or choose another --out")
+    for seed in config.run.seeds:
+        data = None
+        for method in config.run.methods:
+            if results.has(method=method, seed=seed):
+                log.info("skipping %s seed %d: already in %s", method, seed, results_path)
+                continue
+            data = data or federated_data(config, seed)
+            results.add(run_method(config, method, seed, data))
+    report = write_report(out)
+    print(f"wrote {results_path} and {report}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lpfl", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sim = sub.add_parser("simulate", help="run every configured method in one process")
+    _add_config_args(sim)
+    sim.add_argument("--out", required=True, help="output folder for results.json and report.md")
+    sim.add_argument("--fresh", action="store_true", help="discard earlier results in --out")
+    sim.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return int(args.func(args))
+    except LpflError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Data: packaged corpora and user files, the fixed test split, few-shot sampling, and the
+partitioners that spread examples over federated clients."""
+
+from lpfl.data.corpora import ALL_DOMAINS, CORPORA, load_corpus
+from lpfl.data.examples import Example
+from lpfl.data.federated import FederatedData, build_federated_data
+from lpfl.data.loading import load_dataset
+from lpfl.data.partition import partition_dirichlet, partition_domain, partition_iid
+from lpfl.data.splits import SPLIT_SEED, Split, few_shot, fixed_split
+from lpfl.data.user_files import load_user_file
+
+__all__ = [
+    "ALL_DOMAINS",
+    "CORPORA",
+    "SPLIT_SEED",
+    "Example",
+    "FederatedData",
+    "Split",
+    "build_federated_data",
+    "few_shot",
+    "fixed_split",
+    "load_corpus",
+    "load_dataset",
+    "load_user_file",
+    "partition_dirichlet",
+    "partition_domain",
+    "partition_iid",
+]

@@ -1,0 +1,133 @@
+"""The prompt model: pattern + verbalizer on top of a language model, scored at one position.
+
+A pattern turns a text into a prompt and a verbalizer names one label word per class. The class
+scores are the LM's logits of the label words: at the last position for a causal LM (asking the
+head for that position only, ``logits_to_keep=1``), at the ``[MASK]`` position for a masked LM.
+Everything above this module (soft labels, training, federation) sees only class logits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from lpfl.config import PromptSettings
+from lpfl.errors import ModelError
+from lpfl.model.loading import BaseModel
+
+log = logging.getLogger(__name__)
+
+MASK_PLACEHOLDER = "[MASK]"
+
+
+def label_token_ids(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> list[int]:
+    """One vocabulary id per label word; a word that is several tokens is a ModelError."""
+    ids = []
+    for word in words:
+        pieces = tokenizer.encode(word, add_special_tokens=False)
+        if len(pieces) != 1:
+            raise ModelError(f"label word {word!r} is {len(pieces)} tokens for this tokenizer "
+                             f"({pieces}); choose a word that is a single token (for GPT-style "
+                             "tokenizers include the leading space, e.g. ' great')")
+        if pieces[0] == tokenizer.unk_token_id:
+            raise ModelError(f"label word {word!r} is not in this tokenizer's vocabulary")
+        ids.append(int(pieces[0]))
+    if len(set(ids)) != len(ids):
+        raise ModelError(f"label words {list(words)} map to the same token ids {ids}")
+    return ids
+
+
+class PromptModel:
+    """Scores texts per class with a (possibly adapter-wrapped) language model.
+
+    ``network`` is the module that is called; it starts as the base model and is replaced by a
+    PEFT wrapper when LoRA is attached (see :mod:`lpfl.model.adapters`).
+    """
+
+    def __init__(self, base: BaseModel, prompt: PromptSettings, max_length: int) -> None:
+        self.base = base
+        self.network: nn.Module = base.model
+        self.prompt = prompt
+        self.max_length = max_length
+        self.tokenizer = base.tokenizer
+        self.causal = base.kind == "causal"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if not self.causal:
+            if MASK_PLACEHOLDER not in prompt.pattern:
+                raise ModelError(f"a masked LM needs {MASK_PLACEHOLDER} in prompt.pattern, e.g. "
+                                 "'Review: {text} All in all, it was [MASK].'")
+            if self.tokenizer.mask_token is None:
+                raise ModelError("this masked LM's tokenizer has no mask token")
+        self.label_ids = label_token_ids(self.tokenizer, prompt.label_words)
+        prefix, suffix = prompt.pattern.split("{text}")
+        self._prefix = prefix
+        self._suffix = suffix.replace(MASK_PLACEHOLDER, self.tokenizer.mask_token or "")
+        frame = self.tokenizer(self._prefix + self._suffix)["input_ids"]
+        self._text_budget = max_length - len(frame)
+        if self._text_budget < 4:
+            raise ModelError(f"model.max_length={max_length} leaves {self._text_budget} tokens "
+                             "for the text after the pattern: raise it")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_ids)
+
+    def _fit(self, text: str) -> str:
+        """Shorten ``text`` so the whole prompt fits ``max_length`` (the pattern is kept whole)."""
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if len(ids) <= self._text_budget:
+            return text
+        return str(self.tokenizer.decode(ids[: self._text_budget]))
+
+    def prompts(self, texts: Sequence[str]) -> list[str]:
+        return [self._prefix + self._fit(t) + self._suffix for t in texts]
+
+    def encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tokenized prompts: left-padded for a causal LM (the label word follows the last
+        token), right-padded with the mask positions for a masked LM."""
+        self.tokenizer.padding_side = "left" if self.causal else "right"
+        batch = self.tokenizer(self.prompts(texts), return_tensors="pt", padding=True,
+                               truncation=True, max_length=self.max_length)
+        out = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        if self.causal:
+            # Left padding shifts positions: give each real token its unpadded position.
+            out["position_ids"] = (out["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        else:
+            is_mask = out["input_ids"] == self.tokenizer.mask_token_id
+            if not bool((is_mask.sum(-1) == 1).all()):
+                raise ModelError("every prompt must contain exactly one mask token after "
+                                 "truncation; lower the text length or raise model.max_length")
+            out["mask_index"] = is_mask.float().argmax(-1)
+        return out
+
+    def class_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Label-word logits, shape ``[batch, num_classes]``; differentiable."""
+        label_ids = torch.tensor(self.label_ids)
+        if self.causal:
+            out = self.network(input_ids=batch["input_ids"],
+                               attention_mask=batch["attention_mask"],
+                               position_ids=batch["position_ids"], logits_to_keep=1,
+                               use_cache=False)
+            return out.logits[:, -1, :].index_select(-1, label_ids)
+        out = self.network(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        rows = torch.arange(batch["input_ids"].shape[0])
+        return out.logits[rows, batch["mask_index"]].index_select(-1, label_ids)
+
+    @torch.no_grad()
+    def score(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+        """Class logits for many texts, in inference mode, shape ``[len(texts), num_classes]``."""
+        was_training = self.network.training
+        self.network.eval()
+        try:
+            chunks = [self.class_logits(self.encode(texts[i : i + batch_size]))
+                      for i in range(0, len(texts), batch_size)]
+        finally:
+            self.network.train(was_training)
+        if not chunks:
+            return torch.empty(0, self.num_classes)
+        return torch.cat(chunks).float()

@@ -1,0 +1,60 @@
+"""``results.json``: written after every finished run, so nothing finished is lost.
+
+The file is ``{"config": {...}, "runs": [ {...}, ... ]}``. Writes go to a temporary file that is
+fsynced and renamed over the old one, so a crash leaves either the old or the new file, never a
+torn one. A rerun can ask :meth:`ResultsFile.has` and skip runs that are already there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lpfl.errors import LpflError
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Replace ``path`` with ``payload`` as JSON, atomically (temp file + fsync + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(payload, fh, indent=1, allow_nan=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ResultsFile:
+    """The runs of one output directory; ``key`` fields tell runs apart for resuming."""
+
+    def __init__(self, path: Path, config: Mapping[str, Any]) -> None:
+        self.path = path
+        self.config = dict(config)
+        self.runs: list[dict[str, Any]] = []
+        if path.is_file():
+            try:
+                existing = json.loads(path.read_text(encoding="utf-8"))
+                self.runs = list(existing["runs"])
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise LpflError(f"{path} exists but is not an lpfl results file ({exc}); "
+                                "move it away or choose another --out") from None
+
+    @staticmethod
+    def load_config(path: Path) -> Any:
+        """The config stored with the runs in ``path``."""
+        return json.loads(path.read_text(encoding="utf-8")).get("config")
+
+    def has(self, **key: Any) -> bool:
+        return any(all(run.get(k) == v for k, v in key.items()) for run in self.runs)
+
+    def add(self, run: Mapping[str, Any]) -> None:
+        self.runs.append(dict(run))
+        write_json_atomic(self.path, {"config": self.config, "runs": self.runs})

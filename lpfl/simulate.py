@@ -1,0 +1,190 @@
+"""Every method of a run in one process, on the same data, budget and evaluation.
+
+Methods (see :data:`lpfl.config.METHODS`):
+
+* ``lp-fl``: LoRA adapters federated with FedAvg, soft labels from the global model each round.
+* ``fp-fl``: every parameter trained and exchanged, same schedule.
+* ``centralized``: all clients' labeled (and unlabeled) data on one machine, the same number of
+  gradient steps per round as the federation makes in total (``local_steps * clients_per_round``).
+* ``*-no-soft``: the same without soft labels.
+* ``zero-shot``: the prompt alone; ``final_accuracy`` is median-calibrated on the clients'
+  unlabeled text, ``raw_accuracy`` the uncalibrated argmax.
+
+Bytes per round are the sizes of the safetensors payloads a client would send (uplink) and
+receive (downlink), summed over the round's clients, so methods compare on one measure.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from lpfl.config import ModelSettings, RunConfig
+from lpfl.data import FederatedData, build_federated_data, load_dataset
+from lpfl.edge_client.local_round import LocalClient
+from lpfl.model.adapters import load_trainable_state, set_mode, trainable_state
+from lpfl.model.loading import BaseModel, load_base_model
+from lpfl.model.prompt import PromptModel
+from lpfl.strategy import ClientUpdate, FedAvg
+from lpfl.tensors import payload_nbytes
+from lpfl.training import accuracy, median_calibrated_predictions
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+def print_progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@functools.cache
+def _cached_base(settings: ModelSettings) -> BaseModel:
+    return load_base_model(settings)
+
+
+def fresh_prompt_model(config: RunConfig, mode: str) -> PromptModel:
+    """A prompt model on a private copy of the (cached) base model, in training ``mode``."""
+    base = _cached_base(config.model)
+    private = BaseModel(model=copy.deepcopy(base.model), tokenizer=base.tokenizer,
+                        kind=base.kind, model_id=base.model_id)
+    pm = PromptModel(private, config.prompt, config.model.max_length)
+    set_mode(pm, mode, config.lora)
+    return pm
+
+
+def round_settings(config: RunConfig, method: str, seed: int) -> Callable[[int], dict[str, Any]]:
+    """The per-round task settings of ``method`` (what a server would send with each task)."""
+    soft = not method.endswith("-no-soft")
+    schedule = config.soft_labels
+    fed = config.federation
+    scale = 1
+    if method.startswith("centralized"):
+        scale = fed.clients_per_round
+
+    def settings(round_number: int) -> dict[str, Any]:
+        budget = schedule.budget(round_number) if soft else 0
+        return {
+            "seed": seed, "local_steps": fed.local_steps * scale,
+            "batch_size": fed.batch_size, "lr": fed.lr_for(method),
+            "weight_decay": fed.weight_decay,
+            "soft_label_budget": budget * (config.data.num_clients if scale > 1 else 1),
+            "soft_label_threshold": schedule.threshold,
+            "soft_label_balanced": schedule.balanced, "soft_label_weight": schedule.weight,
+            "soft_label_loss": schedule.loss,
+        }
+
+    return settings
+
+
+@dataclass
+class Evaluator:
+    """Scores a prompt model on the test split."""
+
+    data: FederatedData
+    batch_size: int
+
+    def __call__(self, pm: PromptModel) -> float:
+        logits = pm.score([e.text for e in self.data.test], self.batch_size)
+        return accuracy(logits, [e.label for e in self.data.test])
+
+
+def _clients(config: RunConfig, pm: PromptModel, data: FederatedData,
+             centralized: bool) -> list[LocalClient]:
+    batch = config.run.eval_batch_size
+    if centralized:
+        return [LocalClient("central", 0, pm, data.all_labeled(), data.all_unlabeled(), batch)]
+    return [LocalClient(f"client-{i}", i, pm, labeled, unlabeled, batch)
+            for i, (labeled, unlabeled) in enumerate(zip(data.labeled, data.unlabeled,
+                                                         strict=True))]
+
+
+def _soft_accuracy(updates: list[ClientUpdate]) -> float | None:
+    checked = sum(u.metrics.get("soft_label_checked", 0.0) for u in updates)
+    if checked == 0:
+        return None
+    return sum(u.metrics.get("soft_label_correct", 0.0) for u in updates) / checked
+
+
+def run_federated(config: RunConfig, method: str, seed: int, data: FederatedData,
+                  progress: Progress = print_progress) -> dict[str, Any]:
+    """LP-FL, FP-FL or centralized training (with or without soft labels) for one seed."""
+    centralized = method.startswith("centralized")
+    pm = fresh_prompt_model(config, "full" if method.startswith("fp-fl") else "lora")
+    clients = {c.client_id: c for c in _clients(config, pm, data, centralized)}
+    strategy = FedAvg(config.federation.clients_per_round if not centralized else 1, seed,
+                      round_settings(config, method, seed))
+    evaluate = Evaluator(data, config.run.eval_batch_size)
+    global_state = trainable_state(pm)
+    encoding = "fp32"
+    rounds = []
+    for r in range(1, config.federation.rounds + 1):
+        started = time.perf_counter()
+        tasks = strategy.configure(r, list(clients))
+        updates = [clients[cid].train_round(r, global_state, task) for cid, task in tasks.items()]
+        global_state = strategy.aggregate(updates)
+        load_trainable_state(pm, global_state)
+        acc = evaluate(pm)
+        uplink = 0 if centralized else sum(payload_nbytes(u.state, encoding) for u in updates)
+        downlink = 0 if centralized else len(updates) * payload_nbytes(global_state, encoding)
+        record = {
+            "round": r, "accuracy": acc, "uplink_bytes": uplink, "downlink_bytes": downlink,
+            "soft_labels_added": int(sum(u.metrics.get("soft_labels_added", 0) for u in updates)),
+            "soft_label_accuracy": _soft_accuracy(updates),
+            "train_loss": sum(u.metrics["train_loss"] for u in updates) / len(updates),
+            "clients": sorted(tasks),
+            "seconds": time.perf_counter() - started,
+        }
+        rounds.append(record)
+        progress(f"[{method} seed {seed}] round {r}/{config.federation.rounds}: "
+                 f"accuracy {acc:.3f}, loss {record['train_loss']:.3f}, "
+                 f"soft labels {record['soft_labels_added']}, uplink {uplink:,} B "
+                 f"({record['seconds']:.1f} s)")
+    return {"method": method, "seed": seed, "final_accuracy": rounds[-1]["accuracy"],
+            "lr": config.federation.lr_for(method),
+            "trainable_parameters": sum(t.numel() for t in global_state.values()),
+            "rounds": rounds}
+
+
+def run_zero_shot(config: RunConfig, seed: int, data: FederatedData,
+                  progress: Progress = print_progress) -> dict[str, Any]:
+    """The prompt alone, raw and median-calibrated on the clients' unlabeled text."""
+    started = time.perf_counter()
+    pm = fresh_prompt_model(config, "frozen")
+    batch = config.run.eval_batch_size
+    logits = pm.score([e.text for e in data.test], batch)
+    labels = [e.label for e in data.test]
+    reference_texts = [e.text for e in data.all_unlabeled()] or [e.text for e in data.validation]
+    reference = pm.score(reference_texts, batch)
+    calibrated = median_calibrated_predictions(logits, reference)
+    cal_acc = float((calibrated == torch.tensor(labels)).float().mean())
+    raw_acc = accuracy(logits, labels)
+    progress(f"[zero-shot seed {seed}] raw {raw_acc:.3f}, calibrated {cal_acc:.3f}")
+    record = {"round": 0, "accuracy": cal_acc, "uplink_bytes": 0, "downlink_bytes": 0,
+              "soft_labels_added": 0, "soft_label_accuracy": None,
+              "seconds": time.perf_counter() - started}
+    return {"method": "zero-shot", "seed": seed, "final_accuracy": cal_acc,
+            "raw_accuracy": raw_acc, "calibrated_accuracy": cal_acc, "rounds": [record]}
+
+
+def run_method(config: RunConfig, method: str, seed: int, data: FederatedData,
+               progress: Progress = print_progress) -> dict[str, Any]:
+    """One method for one seed; the dict is one entry of ``results.json``'s ``runs``."""
+    torch.manual_seed(seed)
+    if method == "zero-shot":
+        return run_zero_shot(config, seed, data, progress)
+    return run_federated(config, method, seed, data, progress)
+
+
+def federated_data(config: RunConfig, seed: int) -> FederatedData:
+    """The run's data for ``seed``: fixed test split, seeded few-shot sample and partition."""
+    examples = load_dataset(config.data, config.prompt.num_classes)
+    return build_federated_data(config.data, examples, config.prompt.num_classes, seed)

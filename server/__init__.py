@@ -1,0 +1,1 @@
+"""The aggregator: drives federated rounds and averages client adapters."""
