@@ -50,6 +50,22 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_accuracy(args: argparse.Namespace) -> int:
+    import torch
+
+    from lpfl.benchmark import AccuracyBenchmark, load_bench, write_bench_report
+
+    config, bench = load_bench(Path(args.config), args.overrides)
+    torch.set_num_threads(config.run.threads)
+    out = Path(args.out)
+    benchmark = AccuracyBenchmark(config, bench, out)
+    benchmark.run()
+    report = write_bench_report(out, benchmark.results.runs, bench.methods,
+                                benchmark.results.config)
+    print(f"wrote {benchmark.results.path} and {report}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lpfl", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -59,6 +75,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", required=True, help="output folder for results.json and report.md")
     sim.add_argument("--fresh", action="store_true", help="discard earlier results in --out")
     sim.set_defaults(func=cmd_simulate)
+    bench = sub.add_parser("bench", help="benchmarks (resumable; results.json + report.md)")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    acc = bench_sub.add_parser("accuracy", help="methods × shots × partitions × seeds grid")
+    acc.add_argument("--config", required=True, help="benchmark TOML (run sections + [bench])")
+    acc.add_argument("--set", dest="overrides", action="append", default=[],
+                     metavar="SECTION.KEY=VALUE", help="override one run config value")
+    acc.add_argument("--out", default="bench/results/accuracy", help="output folder")
+    acc.set_defaults(func=cmd_bench_accuracy)
     return parser
 
 

@@ -216,6 +216,8 @@ class RunSettings:
     seeds: tuple[int, ...] = (0,)
     threads: int = 1
     eval_batch_size: int = 32
+    device: str = "cpu"
+    """``cpu``, ``cuda`` or ``auto`` (cuda when available): where simulation computes."""
 
     def __post_init__(self) -> None:
         _require(len(self.methods) > 0, "run.methods is empty: name at least one method")
@@ -225,6 +227,8 @@ class RunSettings:
         _require(len(self.seeds) > 0, "run.seeds is empty: give at least one seed")
         _require(self.threads >= 1, f"run.threads={self.threads} must be >= 1")
         _require(self.eval_batch_size >= 1, "run.eval_batch_size must be >= 1")
+        _require(self.device in ("cpu", "cuda", "auto"),
+                 f"run.device={self.device!r}: use 'cpu', 'cuda' or 'auto'")
 
 
 @dataclass(frozen=True)
@@ -293,11 +297,12 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     if dataclasses.is_dataclass(annotation):
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where} must be a table, got {value!r}")
-        return _build(typing.cast(type, annotation), value, where)
+        return build_section(typing.cast(type, annotation), value, where)
     raise ConfigError(f"{where}: unsupported config type {annotation!r}")
 
 
-def _build(cls: type[T], table: Mapping[str, Any], where: str) -> T:
+def build_section(cls: type[T], table: Mapping[str, Any], where: str) -> T:
+    """Build dataclass ``cls`` from a TOML table, checking every key and value type."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     kwargs: dict[str, Any] = {}
@@ -343,7 +348,7 @@ def config_from_dict(table: Mapping[str, Any], overrides: Sequence[str] = ()) ->
     for text in overrides:
         key, value = parse_override(text)
         _set_path(merged, key, value)
-    return _build(RunConfig, merged, "")
+    return build_section(RunConfig, merged, "")
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:

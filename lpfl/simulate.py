@@ -46,6 +46,13 @@ def print_progress(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` means cuda when a GPU is visible, else cpu."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 @functools.cache
 def _cached_base(settings: ModelSettings) -> BaseModel:
     return load_base_model(settings)
@@ -56,7 +63,8 @@ def fresh_prompt_model(config: RunConfig, mode: str) -> PromptModel:
     base = _cached_base(config.model)
     private = BaseModel(model=copy.deepcopy(base.model), tokenizer=base.tokenizer,
                         kind=base.kind, model_id=base.model_id)
-    pm = PromptModel(private, config.prompt, config.model.max_length)
+    pm = PromptModel(private, config.prompt, config.model.max_length,
+                     resolve_device(config.run.device))
     set_mode(pm, mode, config.lora)
     return pm
 

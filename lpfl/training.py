@@ -70,9 +70,11 @@ def train_steps(pm: PromptModel, examples: Sequence[TrainExample], steps: int, b
     for _ in range(steps):
         chosen = [examples[i] for i in next(batches)]
         logits = pm.class_logits(pm.encode([e.text for e in chosen]))
-        targets = torch.tensor([e.target for e in chosen], dtype=logits.dtype)
-        soft = torch.tensor([e.soft for e in chosen])
-        weights = torch.tensor([e.weight for e in chosen], dtype=logits.dtype)
+        targets = torch.tensor([e.target for e in chosen], dtype=logits.dtype,
+                               device=logits.device)
+        soft = torch.tensor([e.soft for e in chosen], device=logits.device)
+        weights = torch.tensor([e.weight for e in chosen], dtype=logits.dtype,
+                               device=logits.device)
         losses = example_losses(logits, targets, soft, soft_loss)
         loss = (losses * weights).sum() / weights.sum().clamp_min(1e-12)
         optimizer.zero_grad(set_to_none=True)

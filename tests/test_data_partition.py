@@ -38,7 +38,7 @@ def test_dirichlet_small_alpha_skews_labels_and_large_alpha_does_not() -> None:
 
 
 def test_dirichlet_rejects_labels_outside_the_classes() -> None:
-    with pytest.raises(ValueError, match="class indices 0..1"):
+    with pytest.raises(ValueError, match=r"class indices 0\.\.1"):
         partition_dirichlet([0, 1, 2], 2, 1.0, 2, np.random.default_rng(0))
 
 

@@ -18,7 +18,7 @@ def load_dataset(settings: DataSettings, num_classes: int) -> list[Example]:
     (0 negative, 1 positive), so they need ``num_classes == 2``.
     """
     name = settings.dataset
-    if Path(name).suffix and name not in CORPORA:
+    if Path(name).suffix:
         return load_user_file(name, num_classes)
     if num_classes != 2 and (name in CORPORA or name == ALL_DOMAINS):
         raise DataError(f"dataset {name!r} has 2 classes (negative, positive) but the prompt has "

@@ -56,7 +56,7 @@ def trainable_state(pm: PromptModel) -> dict[str, torch.Tensor]:
         state = get_peft_model_state_dict(pm.network)
     else:
         state = {n: p for n, p in pm.network.named_parameters() if p.requires_grad}
-    return {name: t.detach().clone() for name, t in state.items()}
+    return {name: t.detach().to("cpu", copy=True) for name, t in state.items()}
 
 
 def _check_same(current: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> None:

@@ -84,13 +84,13 @@ def _dequantize_to_folder(gguf: Path, target: Path) -> None:
     log.info("de-quantizing %s (first load only; cached in %s)", gguf.name, target)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, torch_dtype=torch.float32
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
     )
     # save_pretrained refuses a GGUF-loaded model: rebuild from a clean config, then save.
     config = loaded.config
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
-    clean = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     clean.load_state_dict(loaded.state_dict())
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
@@ -113,7 +113,7 @@ def _load_folder(folder: Path, model_id: str) -> BaseModel:
         raise ModelError(f"{folder} is not a Hugging Face model folder (no config.json)")
     kind = _kind_of(folder)
     auto = AutoModelForMaskedLM if kind == "mlm" else AutoModelForCausalLM
-    model = auto.from_pretrained(folder, torch_dtype=torch.float32)
+    model = auto.from_pretrained(folder, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     return BaseModel(model=model, tokenizer=tokenizer, kind=kind, model_id=model_id)
 

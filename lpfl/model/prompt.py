@@ -48,8 +48,11 @@ class PromptModel:
     PEFT wrapper when LoRA is attached (see :mod:`lpfl.model.adapters`).
     """
 
-    def __init__(self, base: BaseModel, prompt: PromptSettings, max_length: int) -> None:
+    def __init__(self, base: BaseModel, prompt: PromptSettings, max_length: int,
+                 device: str = "cpu") -> None:
         self.base = base
+        self.device = torch.device(device)
+        base.model.to(self.device)
         self.network: nn.Module = base.model
         self.prompt = prompt
         self.max_length = max_length
@@ -93,7 +96,8 @@ class PromptModel:
         self.tokenizer.padding_side = "left" if self.causal else "right"
         batch = self.tokenizer(self.prompts(texts), return_tensors="pt", padding=True,
                                truncation=True, max_length=self.max_length)
-        out = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        out = {"input_ids": batch["input_ids"].to(self.device),
+               "attention_mask": batch["attention_mask"].to(self.device)}
         if self.causal:
             # Left padding shifts positions: give each real token its unpadded position.
             out["position_ids"] = (out["attention_mask"].cumsum(-1) - 1).clamp(min=0)
@@ -107,7 +111,7 @@ class PromptModel:
 
     def class_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Label-word logits, shape ``[batch, num_classes]``; differentiable."""
-        label_ids = torch.tensor(self.label_ids)
+        label_ids = torch.tensor(self.label_ids, device=self.device)
         if self.causal:
             out = self.network(input_ids=batch["input_ids"],
                                attention_mask=batch["attention_mask"],
@@ -115,7 +119,7 @@ class PromptModel:
                                use_cache=False)
             return out.logits[:, -1, :].index_select(-1, label_ids)
         out = self.network(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        rows = torch.arange(batch["input_ids"].shape[0])
+        rows = torch.arange(batch["input_ids"].shape[0], device=self.device)
         return out.logits[rows, batch["mask_index"]].index_select(-1, label_ids)
 
     @torch.no_grad()
@@ -130,4 +134,4 @@ class PromptModel:
             self.network.train(was_training)
         if not chunks:
             return torch.empty(0, self.num_classes)
-        return torch.cat(chunks).float()
+        return torch.cat(chunks).float().cpu()

@@ -1,0 +1,255 @@
+"""The accuracy benchmark: every method over shots × partitions × seeds, tuned the same way.
+
+Fairness rules, applied identically to every method:
+
+* Every method gets the same labeled examples, unlabeled texts, rounds and gradient steps
+  (see :mod:`lpfl.simulate`).
+* Hyper-parameters are chosen on one setting (``select_shots``, ``select_partition``, the first
+  seed) by a two-stage search scored on the **validation** split (carved from the labeled
+  training pool, disjoint from everything else): first the learning rate from the method's grid
+  with the default soft-label threshold, then, for methods with soft labels, the threshold from
+  ``thresholds`` with that learning rate. The test split is never looked at while choosing. The
+  chosen values and every score are written into ``results.json``.
+
+Each finished run is appended to ``results.json`` at once; a rerun skips what is there, so the
+grid can be finished over several sittings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import statistics
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lpfl.config import METHODS, PARTITIONS, RunConfig, build_section, config_from_dict
+from lpfl.errors import ConfigError
+from lpfl.report import mean_std
+from lpfl.results import ResultsFile
+from lpfl.simulate import Progress, federated_data, print_progress, run_method
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """The ``[bench]`` table of a benchmark file: the grid and the tuning search."""
+
+    shots: tuple[int, ...] = (16, 32)
+    partitions: tuple[str, ...] = ("iid", "dirichlet")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    methods: tuple[str, ...] = ("lp-fl", "lp-fl-no-soft", "fp-fl", "centralized", "zero-shot")
+    lr_grid: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    thresholds: tuple[float, ...] = (0.7, 0.9)
+    select_shots: int = 16
+    select_partition: str = "iid"
+
+    def __post_init__(self) -> None:
+        for method in self.methods:
+            if method not in METHODS:
+                raise ConfigError(f"bench.methods: unknown method {method!r}")
+            if method != "zero-shot" and not self.lr_grid.get(method):
+                raise ConfigError(f"bench.lr_grid has no learning rates for {method!r}")
+        for partition in self.partitions:
+            if partition not in PARTITIONS:
+                raise ConfigError(f"bench.partitions: unknown partition {partition!r}")
+        if not self.seeds or not self.shots:
+            raise ConfigError("bench.seeds and bench.shots must not be empty")
+
+
+def load_bench(path: Path, overrides: Sequence[str] = ()) -> tuple[RunConfig, BenchSettings]:
+    """Read a benchmark TOML file: the run sections plus a ``[bench]`` table."""
+    if not path.is_file():
+        raise ConfigError(f"benchmark file {path} does not exist")
+    table = tomllib.loads(path.read_text(encoding="utf-8"))
+    bench = build_section(BenchSettings, table.pop("bench", {}), "bench")
+    return config_from_dict(table, overrides), bench
+
+
+def setting_config(config: RunConfig, shots: int, partition: str, method: str, lr: float,
+                   threshold: float | None) -> RunConfig:
+    """``config`` specialised to one grid cell and one method's hyper-parameters."""
+    fed = dataclasses.replace(config.federation, learning_rates={method: lr})
+    soft = config.soft_labels
+    if threshold is not None:
+        soft = dataclasses.replace(soft, threshold=threshold)
+    data = dataclasses.replace(config.data, shots_per_class=shots, partition=partition)
+    run = dataclasses.replace(config.run, methods=(method,))
+    return dataclasses.replace(config, federation=fed, soft_labels=soft, data=data, run=run)
+
+
+def has_soft_labels(method: str) -> bool:
+    return method != "zero-shot" and not method.endswith("-no-soft")
+
+
+class AccuracyBenchmark:
+    """Runs selection then the grid, appending every run to ``out/results.json``."""
+
+    def __init__(self, config: RunConfig, bench: BenchSettings, out: Path,
+                 progress: Progress = print_progress) -> None:
+        self.config = config
+        self.bench = bench
+        self.progress = progress
+        self.results = ResultsFile(out / "results.json", {
+            "run": config.to_dict(), "bench": _plain_bench(bench), "environment": environment(),
+        })
+
+    def _run(self, kind: str, method: str, shots: int, partition: str, seed: int, lr: float,
+             threshold: float | None) -> dict[str, Any]:
+        key = {"kind": kind, "method": method, "shots": shots, "partition": partition,
+               "seed": seed, "lr": lr, "threshold": threshold}
+        done = [r for r in self.results.runs if all(r.get(k) == v for k, v in key.items())]
+        if done:
+            return done[0]
+        config = setting_config(self.config, shots, partition, method, lr, threshold)
+        data = federated_data(config, seed)
+        if kind == "selection":  # score on validation; the test split stays unseen
+            data = dataclasses.replace(data, test=data.validation)
+        run = run_method(config, method, seed, data, self.progress)
+        run.update(key)
+        self.results.add(run)
+        return run
+
+    def select(self, method: str) -> tuple[float, float | None]:
+        """Two-stage search on the validation split: learning rate, then threshold."""
+        if method == "zero-shot":
+            return 0.0, None
+        b, seed = self.bench, self.bench.seeds[0]
+        default_threshold = self.config.soft_labels.threshold if has_soft_labels(method) else None
+
+        def score(lr: float, threshold: float | None) -> float:
+            run = self._run("selection", method, b.select_shots, b.select_partition, seed, lr,
+                            threshold)
+            return float(run["final_accuracy"])
+
+        lr = max(b.lr_grid[method], key=lambda x: (score(x, default_threshold), -x))
+        if default_threshold is None:
+            return lr, None
+        candidates = sorted({default_threshold, *b.thresholds})
+        threshold = max(candidates, key=lambda t: (score(lr, t), t == default_threshold))
+        return lr, threshold
+
+    def run(self) -> dict[str, tuple[float, float | None]]:
+        chosen = {m: self.select(m) for m in self.bench.methods}
+        for method, (lr, threshold) in chosen.items():
+            self.progress(f"[selection] {method}: lr {lr:g}, threshold {threshold}")
+        for shots in self.bench.shots:
+            for partition in self.bench.partitions:
+                for seed in self.bench.seeds:
+                    for method, (lr, threshold) in chosen.items():
+                        self._run("grid", method, shots, partition, seed, lr, threshold)
+        return chosen
+
+
+def _plain_bench(bench: BenchSettings) -> dict[str, Any]:
+    plain = dataclasses.asdict(bench)
+    plain["lr_grid"] = {k: list(v) for k, v in bench.lr_grid.items()}
+    return plain
+
+
+def environment() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import peft
+    import transformers
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor()
+    return {"torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "python": platform.python_version(),
+            "machine": platform.machine(), "device": device}
+
+
+def grid_table(runs: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> str:
+    """Markdown: mean ± std of final test accuracy per setting (rows) and method (columns)."""
+    grid = [r for r in runs if r.get("kind") == "grid"]
+    settings = sorted({(r["shots"], r["partition"]) for r in grid})
+    lines = ["| shots/class | partition | " + " | ".join(methods) + " |",
+             "|---|---|" + "---|" * len(methods)]
+    for shots, partition in settings:
+        cells = []
+        for method in methods:
+            values = [r["final_accuracy"] for r in grid if r["method"] == method
+                      and r["shots"] == shots and r["partition"] == partition]
+            mean, std = mean_std(values)
+            cells.append(f"{mean:.3f} ± {std:.3f} (n={len(values)})" if values else "–")
+        lines.append(f"| {shots} | {partition} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def goal_checks(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The issue's goals, evaluated on the measured means (a line per goal and setting)."""
+    grid = [r for r in runs if r.get("kind") == "grid"]
+
+    def mean(method: str, shots: int, partition: str) -> float | None:
+        values = [r["final_accuracy"] for r in grid if r["method"] == method
+                  and r["shots"] == shots and r["partition"] == partition]
+        return statistics.fmean(values) if values else None
+
+    lines = []
+    for shots, partition in sorted({(r["shots"], r["partition"]) for r in grid}):
+        lp = mean("lp-fl", shots, partition)
+        if lp is None:
+            continue
+        for other, margin, text in (("fp-fl", 0.0, "LP-FL ≥ FP-FL"),
+                                    ("centralized", -0.01, "LP-FL ≥ centralized − 1 pt"),
+                                    ("lp-fl-no-soft", 0.0, "LP-FL > LP-FL without soft labels"),
+                                    ("zero-shot", 0.05, "LP-FL ≥ calibrated zero-shot + 5 pts")):
+            ref = mean(other, shots, partition)
+            if ref is None:
+                continue
+            ok = lp > ref if other == "lp-fl-no-soft" else lp >= ref + margin
+            lines.append(f"| {shots} | {partition} | {text} | {lp:.3f} vs {ref:.3f} | "
+                         f"{'met' if ok else 'NOT met'} |")
+    return ["| shots/class | partition | goal | measured | verdict |", "|---|---|---|---|---|",
+            *lines]
+
+
+def plot_grid(runs: Sequence[Mapping[str, Any]], methods: Sequence[str], path: Path) -> None:
+    """Grouped bars: mean test accuracy (± std) per setting and method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = [r for r in runs if r.get("kind") == "grid"]
+    settings = sorted({(r["shots"], r["partition"]) for r in grid})
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / max(len(methods), 1)
+    for j, method in enumerate(methods):
+        stats = [mean_std([r["final_accuracy"] for r in grid if r["method"] == method
+                           and (r["shots"], r["partition"]) == s]) for s in settings]
+        xs = [i + j * width for i in range(len(settings))]
+        ax.bar(xs, [m for m, _ in stats], width, yerr=[s for _, s in stats], label=method,
+               capsize=2)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(settings))])
+    ax.set_xticklabels([f"{s} shots, {p}" for s, p in settings])
+    ax.set_ylim(0.4, 1.0)
+    ax.set_ylabel("final test accuracy")
+    ax.legend(fontsize=8, ncol=3)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_bench_report(out: Path, runs: Sequence[Mapping[str, Any]],
+                       methods: Sequence[str], config: Mapping[str, Any]) -> Path:
+    """``report.md`` and ``accuracy.png`` for a benchmark folder."""
+    plot_grid(runs, methods, out / "accuracy.png")
+    selection = [r for r in runs if r.get("kind") == "selection"]
+    lines = ["# Accuracy benchmark", "", f"Environment: `{config.get('environment')}`", "",
+             "Final test accuracy, mean ± std over seeds:", "", grid_table(runs, methods), "",
+             "![accuracy](accuracy.png)", "", "Goals:", "", *goal_checks(runs), "",
+             "Hyper-parameter selection (validation accuracy, never the test split):", "",
+             "| method | lr | threshold | validation accuracy |", "|---|---|---|---|"]
+    lines += [f"| {r['method']} | {r['lr']:g} | {r['threshold']} | {r['final_accuracy']:.3f} |"
+              for r in selection]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

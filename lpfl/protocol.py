@@ -1,0 +1,470 @@
+"""The federated round as a state machine with no I/O: events in, actions out.
+
+The aggregator's websocket server (``lpfl.server``) is a thin adapter around :class:`RoundMachine`:
+it turns connections, messages and timers into events, hands them to :meth:`RoundMachine.handle`,
+and carries out the returned actions (send a message, start a timer, evaluate and checkpoint a
+closed round). Because the machine never touches a socket or a clock, every rule below is tested
+directly, event by event.
+
+One round goes through these phases::
+
+    WAITING ──enough clients──▶ TRAINING ──all replied, or deadline──▶ EVALUATING ──recorded──▶ …
+       ▲                          │ fewer than min_updates                                 │
+       └────── retry the round ◀──┘                                    next round or FINISHED
+
+- ``WAITING``: fewer than ``min_clients`` clients are connected; the round starts when one more
+  joins.
+- ``TRAINING``: the strategy sampled clients and each got a task. Updates are checked (round,
+  sender, keys, shapes, finite values), their change from the global state is norm-clipped, and
+  they are folded into the strategy's running weighted sum as they arrive, so memory is one
+  model's worth. A client that leaves, fails or misses the deadline simply has no update.
+- The round closes once every sampled client has replied (or left), or at the deadline. With at
+  least ``min_updates`` updates the new global state is their weighted mean (``EVALUATING``: the
+  adapter evaluates and checkpoints it, then reports :class:`RoundRecorded`); with fewer, the round
+  is tried again with the same global state, at most ``max_attempts`` times.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from lpfl import wire
+from lpfl.aggregation import AggregationError, RunningWeightedSum
+from lpfl.errors import ConfigError
+from lpfl.strategy import ClientUpdate, FedAvg
+from lpfl.tensors import ENCODINGS, PayloadError, decode_tensors, encode_tensors
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoundRules:
+    """When a round starts and closes, and what an update must satisfy.
+
+    ``min_clients`` connected clients start a round (0: the strategy's ``clients_per_round``);
+    ``min_updates`` accepted updates make a round count; ``deadline_s`` is how long a round waits
+    for updates; ``clip_norm`` bounds the L2 norm of each update's change from the global state
+    over all tensors together (0: no clipping); a round that gets too few updates is retried up to
+    ``max_attempts`` times in all. ``task_encoding`` encodes the global state sent to clients,
+    ``update_encoding`` is what clients must reply with (``fp32``, ``fp16`` or ``int8``).
+    """
+
+    min_clients: int = 0
+    min_updates: int = 1
+    deadline_s: float = 120.0
+    clip_norm: float = 0.0
+    max_attempts: int = 3
+    task_encoding: str = "fp32"
+    update_encoding: str = "fp32"
+
+    def __post_init__(self) -> None:
+        checks = (
+            (self.min_clients >= 0, f"min_clients={self.min_clients} must be >= 0 "
+             "(0 waits for clients_per_round clients)"),
+            (self.min_updates >= 1, f"min_updates={self.min_updates} must be >= 1"),
+            (0 < self.deadline_s < math.inf, f"deadline_s={self.deadline_s} must be > 0"),
+            (0 <= self.clip_norm < math.inf, f"clip_norm={self.clip_norm} must be >= 0 "
+             "(0 turns clipping off)"),
+            (self.max_attempts >= 1, f"max_attempts={self.max_attempts} must be >= 1"),
+            (self.task_encoding in ENCODINGS,
+             f"task_encoding={self.task_encoding!r}: use one of {', '.join(ENCODINGS)}"),
+            (self.update_encoding in ENCODINGS,
+             f"update_encoding={self.update_encoding!r}: use one of {', '.join(ENCODINGS)}"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"server.round.{message}")
+
+
+class Phase(enum.Enum):
+    WAITING = "waiting"
+    TRAINING = "training"
+    EVALUATING = "evaluating"
+    FINISHED = "finished"
+    ABORTED = "aborted"
+
+
+# Events: what the adapter tells the machine.
+
+
+@dataclass(frozen=True)
+class ClientJoined:
+    """A client authenticated and said hello."""
+
+    client_id: str
+    capabilities: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ClientLeft:
+    """A client's connection closed, for whatever reason."""
+
+    client_id: str
+
+
+@dataclass(frozen=True)
+class UpdateReceived:
+    """A whole, well-formed update message arrived; its tensors are not yet checked."""
+
+    update: wire.Update
+
+
+@dataclass(frozen=True)
+class ClientFailed:
+    """A client sent an error message instead of an update."""
+
+    error: wire.Error
+
+
+@dataclass(frozen=True)
+class DeadlinePassed:
+    """The timer from a :class:`StartTimer` action fired."""
+
+    round: int
+    attempt: int
+
+
+@dataclass(frozen=True)
+class RoundRecorded:
+    """The adapter finished a :class:`RoundClosed` action (evaluated and checkpointed)."""
+
+    round: int
+
+
+Event = ClientJoined | ClientLeft | UpdateReceived | ClientFailed | DeadlinePassed | RoundRecorded
+
+
+# Actions: what the machine asks the adapter to do, in order.
+
+
+@dataclass(frozen=True)
+class Send:
+    """Send ``message`` to ``client_id`` (drop it if that client is gone)."""
+
+    client_id: str
+    message: wire.Message
+
+
+@dataclass(frozen=True)
+class StartTimer:
+    """Report :class:`DeadlinePassed` for this round and attempt after ``seconds``."""
+
+    round: int
+    attempt: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ClientOutcome:
+    """What one sampled client did in a round.
+
+    ``status`` is ``"updated"``, ``"rejected"`` (its update failed a check: ``code`` says which),
+    ``"failed"`` (it reported an error), ``"dropped"`` (it disconnected) or ``"timed_out"``.
+    """
+
+    status: str
+    num_examples: int = 0
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    update_norm: float = 0.0
+    clipped: bool = False
+    code: str = ""
+
+
+@dataclass(frozen=True)
+class RoundClosed:
+    """A round produced a new global state: evaluate it, checkpoint it, then report
+    :class:`RoundRecorded`. ``train_metrics`` are the example-weighted means of the clients'
+    metrics."""
+
+    round: int
+    attempt: int
+    global_state: Mapping[str, torch.Tensor]
+    outcomes: Mapping[str, ClientOutcome]
+    train_metrics: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class RoundFailed:
+    """A round attempt closed with fewer than ``min_updates`` updates; it will be retried."""
+
+    round: int
+    attempt: int
+    outcomes: Mapping[str, ClientOutcome]
+    reason: str
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    """Every round is recorded; ``global_state`` is the final one."""
+
+    global_state: Mapping[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class RunAborted:
+    """A round failed ``max_attempts`` times; the run stops with the last recorded state."""
+
+    reason: str
+
+
+Action = Send | StartTimer | RoundClosed | RoundFailed | RunFinished | RunAborted
+
+
+@dataclass
+class _Round:
+    """Bookkeeping of the round attempt in progress."""
+
+    number: int
+    attempt: int
+    sampled: frozenset[str]
+    pending: set[str]
+    acc: RunningWeightedSum
+    outcomes: dict[str, ClientOutcome] = field(default_factory=dict)
+
+
+class RoundMachine:
+    """Drives ``rounds`` rounds of ``strategy`` from ``global_state``; see the module docstring.
+
+    ``first_round`` > 1 resumes a run whose earlier rounds are already recorded. Feed events to
+    :meth:`handle` and carry out the returned actions in order. :meth:`screen_update` lets the
+    adapter refuse an update from its header alone, before its payload is read.
+    """
+
+    def __init__(
+        self,
+        strategy: FedAvg,
+        global_state: Mapping[str, torch.Tensor],
+        rules: RoundRules,
+        rounds: int,
+        first_round: int = 1,
+    ) -> None:
+        if not global_state:
+            raise ConfigError("the initial global state is empty: there is nothing to train")
+        if rounds < 1 or first_round < 1:
+            raise ConfigError(f"rounds={rounds} must be >= 1 and first_round={first_round} >= 1")
+        self.strategy = strategy
+        self.rules = rules
+        self.rounds = rounds
+        self.global_state = {k: v.detach().to("cpu", torch.float32).clone()
+                             for k, v in global_state.items()}
+        self.round = first_round
+        self.attempt = 1
+        self.phase = Phase.FINISHED if first_round > rounds else Phase.WAITING
+        self.clients: dict[str, Mapping[str, Any]] = {}
+        self._current: _Round | None = None
+
+    @property
+    def min_clients(self) -> int:
+        return self.rules.min_clients or self.strategy.clients_per_round
+
+    def max_update_bytes(self) -> int:
+        """The largest update payload worth reading: the global state in the run's update
+        encoding, plus room for int8 scales whose text length varies. Computed once per run."""
+        encoded = encode_tensors(self.global_state, self.rules.update_encoding)
+        return len(encoded) + 64 * len(self.global_state) + 1024
+
+    def handle(self, event: Event) -> list[Action]:
+        """Apply one event; return the actions it causes, to be carried out in order."""
+        match event:
+            case ClientJoined(client_id, capabilities):
+                return self._joined(client_id, capabilities)
+            case ClientLeft(client_id):
+                self.clients.pop(client_id, None)
+                return self._settle(client_id, ClientOutcome("dropped"))
+            case UpdateReceived(update):
+                return self._update(update)
+            case ClientFailed(error):
+                if self.screen_update(error.client_id, error.round) is not None:
+                    return []
+                logger.info("client %s failed round %d: %s", error.client_id, error.round,
+                            error.reason)
+                return self._settle(error.client_id, ClientOutcome("failed", code=error.code))
+            case DeadlinePassed(round_number, attempt):
+                return self._deadline(round_number, attempt)
+            case RoundRecorded(round_number):
+                return self._recorded(round_number)
+        raise TypeError(f"not a protocol event: {event!r}")
+
+    def screen_update(self, client_id: str, round_number: int) -> wire.Error | None:
+        """The error to send if an update for ``round_number`` from ``client_id`` is refused now,
+        or ``None`` if it would be considered."""
+        current = self._current
+        if round_number < self.round:
+            return self._error(client_id, wire.E_STALE_ROUND,
+                               f"round {round_number} is closed; the current round is "
+                               f"{self.round}")
+        if round_number > self.round:
+            return self._error(client_id, wire.E_WRONG_ROUND,
+                               f"round {round_number} has not started; the current round is "
+                               f"{self.round}")
+        if current is None:
+            return self._error(client_id, wire.E_LATE_UPDATE,
+                               f"round {round_number} is no longer taking updates")
+        if client_id not in current.sampled:
+            return self._error(client_id, wire.E_NOT_SAMPLED,
+                               f"client {client_id} was not sampled for round {round_number}")
+        if client_id not in current.pending:
+            return self._error(client_id, wire.E_DUPLICATE_UPDATE,
+                               f"client {client_id} already replied in round {round_number}")
+        return None
+
+    def _error(self, client_id: str, code: str, reason: str) -> wire.Error:
+        return wire.Error.of(self.round, client_id, code, reason)
+
+    def _joined(self, client_id: str, capabilities: Mapping[str, Any]) -> list[Action]:
+        self.clients[client_id] = capabilities
+        ack = wire.Ack(self.round, client_id, wire.HELLO,
+                       {"round": self.round, "rounds": self.rounds, "phase": self.phase.value})
+        actions: list[Action] = [Send(client_id, ack)]
+        if self.phase is Phase.FINISHED:
+            actions.append(Send(client_id, wire.Bye(self.round, client_id, "the run is finished")))
+        elif self.phase is Phase.WAITING:
+            actions += self._start()
+        return actions
+
+    def _start(self) -> list[Action]:
+        """Start the current round attempt if enough clients are connected."""
+        if len(self.clients) < self.min_clients:
+            logger.info("round %d waits for clients: %d of %d connected", self.round,
+                        len(self.clients), self.min_clients)
+            return []
+        plan = self.strategy.configure(self.round, sorted(self.clients))
+        payload = encode_tensors(self.global_state, self.rules.task_encoding)
+        self._current = _Round(self.round, self.attempt, frozenset(plan), set(plan),
+                               self.strategy.start_aggregation())
+        self.phase = Phase.TRAINING
+        logger.info("round %d (attempt %d) starts with %s", self.round, self.attempt,
+                    ", ".join(sorted(plan)))
+        actions: list[Action] = [
+            Send(cid, wire.Task(self.round, cid, payload, settings, self.rules.update_encoding,
+                                self.rules.deadline_s))
+            for cid, settings in plan.items()
+        ]
+        actions.append(StartTimer(self.round, self.attempt, self.rules.deadline_s))
+        return actions
+
+    def _update(self, update: wire.Update) -> list[Action]:
+        cid = update.client_id
+        refusal = self.screen_update(cid, update.round)
+        if refusal is not None:
+            return [Send(cid, refusal)]
+        assert self._current is not None
+        try:
+            outcome = self._fold(update, self._current.acc)
+        except (wire.WireError, PayloadError, AggregationError) as exc:
+            code = exc.code if isinstance(exc, wire.WireError) else wire.E_INVALID_UPDATE
+            logger.warning("round %d: update from %s rejected: %s", update.round, cid, exc)
+            actions: list[Action] = [Send(cid, self._error(cid, code, str(exc)))]
+            return actions + self._settle(cid, ClientOutcome("rejected", code=code))
+        ack = wire.Ack(update.round, cid, wire.UPDATE,
+                       {"clipped": outcome.clipped, "update_norm": outcome.update_norm})
+        return [Send(cid, ack), *self._settle(cid, outcome)]
+
+    def _fold(self, update: wire.Update, acc: RunningWeightedSum) -> ClientOutcome:
+        """Check the update against the global state, clip it, fold it into ``acc``."""
+        state = decode_tensors(update.tensors)
+        missing = sorted(set(self.global_state) - set(state))
+        extra = sorted(set(state) - set(self.global_state))
+        if missing or extra:
+            raise wire.WireError(wire.E_INVALID_UPDATE, f"tensor names differ from the global "
+                                 f"state: missing {missing[:3]}, unexpected {extra[:3]}")
+        squared = 0.0
+        for name, reference in self.global_state.items():
+            tensor = state[name]
+            if tensor.shape != reference.shape:
+                raise wire.WireError(wire.E_INVALID_UPDATE, f"tensor {name!r} has shape "
+                                     f"{tuple(tensor.shape)}, expected {tuple(reference.shape)}")
+            if not bool(torch.isfinite(tensor).all()):
+                raise wire.WireError(wire.E_INVALID_UPDATE, f"tensor {name!r} is not finite")
+            squared += float((tensor.double() - reference.double()).square().sum())
+        norm = math.sqrt(squared)
+        clip = self.rules.clip_norm
+        clipped = 0 < clip < norm
+        if clipped:
+            scale = clip / norm
+            state = {name: ref + (state[name] - ref) * scale
+                     for name, ref in self.global_state.items()}
+        self.strategy.fold(acc, ClientUpdate(update.client_id, state, update.num_examples,
+                                             update.metrics))
+        return ClientOutcome("updated", update.num_examples, update.metrics, norm, clipped)
+
+    def _settle(self, client_id: str, outcome: ClientOutcome) -> list[Action]:
+        """Record the reply (or silence) of a pending client; close the round if none is left."""
+        current = self._current
+        if current is None or client_id not in current.pending:
+            return []
+        current.pending.discard(client_id)
+        current.outcomes[client_id] = outcome
+        return [] if current.pending else self._close()
+
+    def _deadline(self, round_number: int, attempt: int) -> list[Action]:
+        current = self._current
+        if current is None or (current.number, current.attempt) != (round_number, attempt):
+            return []
+        logger.info("round %d deadline passed; no reply from %s", round_number,
+                    ", ".join(sorted(current.pending)))
+        for cid in current.pending:
+            current.outcomes[cid] = ClientOutcome("timed_out")
+        current.pending.clear()
+        return self._close()
+
+    def _close(self) -> list[Action]:
+        current = self._current
+        assert current is not None
+        self._current = None
+        outcomes = dict(sorted(current.outcomes.items()))
+        if current.acc.count < self.rules.min_updates:
+            return self._fail(current, outcomes)
+        self.global_state = current.acc.mean()
+        self.phase = Phase.EVALUATING
+        logger.info("round %d closed with %d updates", current.number, current.acc.count)
+        return [RoundClosed(current.number, current.attempt, self.global_state, outcomes,
+                            _weighted_metrics(outcomes))]
+
+    def _fail(self, current: _Round, outcomes: Mapping[str, ClientOutcome]) -> list[Action]:
+        reason = (f"round {current.number} attempt {current.attempt} got {current.acc.count} "
+                  f"updates, fewer than min_updates={self.rules.min_updates}")
+        logger.warning("%s", reason)
+        actions: list[Action] = [RoundFailed(current.number, current.attempt, outcomes, reason)]
+        if current.attempt >= self.rules.max_attempts:
+            self.phase = Phase.ABORTED
+            return [*actions, *self._goodbye("the run was aborted"), RunAborted(reason)]
+        self.attempt += 1
+        self.phase = Phase.WAITING
+        return actions + self._start()
+
+    def _recorded(self, round_number: int) -> list[Action]:
+        if self.phase is not Phase.EVALUATING or round_number != self.round:
+            raise ValueError(f"round {round_number} was recorded while the machine is "
+                             f"{self.phase.value} in round {self.round}")
+        self.round += 1
+        self.attempt = 1
+        if self.round > self.rounds:
+            self.phase = Phase.FINISHED
+            return [*self._goodbye("the run is finished"), RunFinished(self.global_state)]
+        self.phase = Phase.WAITING
+        return self._start()
+
+    def _goodbye(self, reason: str) -> list[Action]:
+        return [Send(cid, wire.Bye(self.round, cid, reason)) for cid in sorted(self.clients)]
+
+
+def _weighted_metrics(outcomes: Mapping[str, ClientOutcome]) -> dict[str, float]:
+    """Example-weighted mean of each metric over the clients whose update was accepted."""
+    totals: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for outcome in outcomes.values():
+        if outcome.status != "updated":
+            continue
+        for name, value in outcome.metrics.items():
+            totals[name] = totals.get(name, 0.0) + value * outcome.num_examples
+            weights[name] = weights.get(name, 0.0) + outcome.num_examples
+    return {name: totals[name] / weights[name] for name in sorted(totals)}
+

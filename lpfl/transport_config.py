@@ -1,0 +1,140 @@
+"""Server settings: where the aggregator listens, how it authenticates, and the round rules.
+
+They live in the ``[server]`` table of the same run file as :class:`lpfl.config.RunConfig`, with
+the round rules in ``[server.round]``::
+
+    [server]
+    host = "127.0.0.1"
+    port = 8765
+    tokens-file = "tokens.json"     # {"client-id": "token", ...}
+    certfile = "cert.pem"           # with keyfile: serve wss:// instead of ws://
+    keyfile = "key.pem"
+
+    [server.round]
+    min-clients = 3
+    min-updates = 2
+    deadline-s = 60
+    clip-norm = 0.0
+    update-encoding = "fp16"
+
+:func:`load_server_config` reads both parts; ``--set server.port=9000`` style overrides work like
+the run config's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from lpfl.config import RunConfig, config_from_dict, parse_override
+from lpfl.errors import ConfigError
+from lpfl.protocol import RoundRules
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The aggregator process: network, security, storage and the :class:`RoundRules`.
+
+    ``run_dir`` receives ``checkpoint.safetensors`` and ``results.json``. ``tokens_file`` is a JSON
+    object mapping each client id to its secret token; a client that is not listed, or sends
+    another token, is refused during the websocket handshake. ``max_concurrent_uploads`` bounds
+    how many update payloads are being received at once (each takes up to one model's worth of
+    memory); other uploaders wait, their data held back by TCP flow control.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8765
+    run_dir: str = "runs/server"
+    tokens_file: str = ""
+    certfile: str = ""
+    keyfile: str = ""
+    hello_timeout_s: float = 10.0
+    max_concurrent_uploads: int = 8
+    ping_interval_s: float = 20.0
+    round: RoundRules = field(default_factory=RoundRules)
+
+    def __post_init__(self) -> None:
+        checks = (
+            (0 <= self.port <= 65535, f"port={self.port} must be in [0, 65535] (0: any free port)"),
+            (bool(self.run_dir), "run_dir is empty: name a folder for checkpoints and results"),
+            (bool(self.certfile) == bool(self.keyfile),
+             "certfile and keyfile go together: set both for wss://, or neither for ws://"),
+            (0 < self.hello_timeout_s < math.inf, "hello_timeout_s must be > 0"),
+            (self.max_concurrent_uploads >= 1, "max_concurrent_uploads must be >= 1"),
+            (0 < self.ping_interval_s < math.inf, "ping_interval_s must be > 0"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"server.{message}")
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.certfile)
+
+
+T = TypeVar("T")
+
+
+def _build(cls: type[T], table: Mapping[str, Any], where: str) -> T:
+    """A dataclass of scalar fields (and nested dataclasses) from a TOML table, type-checked."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for raw_key, value in table.items():
+        key = raw_key.replace("-", "_")
+        if key not in names:
+            known = ", ".join(sorted(n.replace("_", "-") for n in names))
+            raise ConfigError(f"unknown key {where}.{raw_key}; known: {known}")
+        kind = hints[key]
+        if dataclasses.is_dataclass(kind):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{where}.{raw_key} must be a table, got {value!r}")
+            kwargs[key] = _build(typing.cast(type, kind), value, f"{where}.{raw_key}")
+        elif kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+            kwargs[key] = float(value)
+        elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+            kwargs[key] = value
+        else:
+            raise ConfigError(f"{where}.{raw_key} must be a {kind.__name__}, got {value!r}")
+    return cls(**kwargs)
+
+
+def server_settings_from_dict(table: Mapping[str, Any]) -> ServerSettings:
+    """Build and validate :class:`ServerSettings` from the ``[server]`` table."""
+    return _build(ServerSettings, table, "server")
+
+
+def load_server_config(
+    path: str | Path, overrides: Sequence[str] = ()
+) -> tuple[RunConfig, ServerSettings]:
+    """Read a run file's :class:`RunConfig` and its ``[server]`` table, applying ``--set``
+    overrides (``server.*`` keys go to the server settings, the rest to the run config)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        table = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    server_table = dict(table.pop("server", {}))
+    run_overrides = []
+    for text in overrides:
+        key, value = parse_override(text)
+        parts = key.replace("-", "_").split(".")
+        if parts[0] != "server":
+            run_overrides.append(text)
+            continue
+        node = server_table
+        for part in parts[1:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    try:
+        return config_from_dict(table, run_overrides), server_settings_from_dict(server_table)
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None

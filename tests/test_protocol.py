@@ -1,0 +1,254 @@
+"""The round state machine, event by event, without sockets or clocks."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from lpfl import protocol as p
+from lpfl import wire
+from lpfl.errors import ConfigError
+from lpfl.strategy import FedAvg
+from lpfl.tensors import encode_tensors
+
+CAPS = {"backend": "fake", "cpu_arch": "x86_64", "memory_bytes": 1, "runtime": {}}
+GLOBAL = {"a": torch.zeros(2, 3), "b": torch.ones(4)}
+
+
+def settings_for(round_number: int) -> dict[str, Any]:
+    return {"lr": 0.5, "round": round_number}
+
+
+def machine(rounds: int = 2, per_round: int = 2, **rules: Any) -> p.RoundMachine:
+    return p.RoundMachine(FedAvg(per_round, seed=0, round_settings=settings_for), GLOBAL,
+                          p.RoundRules(**rules), rounds)
+
+
+def state(value: float) -> dict[str, torch.Tensor]:
+    return {name: torch.full_like(t, value) for name, t in GLOBAL.items()}
+
+
+def update(cid: str, round_number: int, value: float, examples: int = 1,
+           **metrics: float) -> p.UpdateReceived:
+    payload = encode_tensors(state(value))
+    return p.UpdateReceived(wire.Update(round_number, cid, payload, examples, metrics))
+
+
+def sends(actions: list[p.Action], kind: type[wire.Message]) -> dict[str, Any]:
+    return {a.client_id: a.message for a in actions
+            if isinstance(a, p.Send) and isinstance(a.message, kind)}
+
+
+def only(actions: list[p.Action], kind: type) -> Any:
+    found = [a for a in actions if isinstance(a, kind)]
+    assert len(found) == 1, actions
+    return found[0]
+
+
+def phase(m: p.RoundMachine) -> p.Phase:
+    """The machine's phase, read through a call so the type checker does not pin it."""
+    return m.phase
+
+
+def join(m: p.RoundMachine, *cids: str) -> list[p.Action]:
+    actions: list[p.Action] = []
+    for cid in cids:
+        actions += m.handle(p.ClientJoined(cid, CAPS))
+    return actions
+
+
+def test_round_waits_for_enough_clients_then_sends_tasks() -> None:
+    m = machine(per_round=2)
+    first = join(m, "c1")
+    assert set(sends(first, wire.Ack)) == {"c1"}
+    assert not sends(first, wire.Task)
+    assert phase(m) is p.Phase.WAITING
+    second = join(m, "c2")
+    tasks = sends(second, wire.Task)
+    assert set(tasks) == {"c1", "c2"}
+    assert tasks["c1"].settings == {"lr": 0.5, "round": 1}
+    assert tasks["c1"].tensors is tasks["c2"].tensors  # encoded once per round
+    assert only(second, p.StartTimer) == p.StartTimer(1, 1, 120.0)
+    assert phase(m) is p.Phase.TRAINING
+
+
+def test_full_run_matches_in_process_fedavg_and_says_bye() -> None:
+    m = machine(rounds=2, per_round=2)
+    join(m, "c1", "c2")
+    m.handle(update("c1", 1, 1.0, examples=1, train_loss=4.0))
+    closed = only(m.handle(update("c2", 1, 4.0, examples=3, train_loss=2.0)), p.RoundClosed)
+    expected = np.average([1.0, 4.0], weights=[1, 3])
+    for name, tensor in closed.global_state.items():
+        assert torch.allclose(tensor, torch.full_like(GLOBAL[name], expected))
+    assert closed.train_metrics == {"train_loss": pytest.approx((4.0 + 3 * 2.0) / 4)}
+    assert {c: o.status for c, o in closed.outcomes.items()} == {"c1": "updated", "c2": "updated"}
+    assert m.max_update_bytes() > len(encode_tensors(GLOBAL))
+    assert phase(m) is p.Phase.EVALUATING
+    next_round = m.handle(p.RoundRecorded(1))
+    assert set(sends(next_round, wire.Task)) == {"c1", "c2"}
+    m.handle(update("c1", 2, 0.0))
+    last = m.handle(update("c2", 2, 0.0))
+    only(last, p.RoundClosed)
+    end = m.handle(p.RoundRecorded(2))
+    assert set(sends(end, wire.Bye)) == {"c1", "c2"}
+    assert isinstance(end[-1], p.RunFinished)
+    assert phase(m) is p.Phase.FINISHED
+
+
+def test_updates_for_other_rounds_or_from_strangers_are_refused() -> None:
+    m = machine(rounds=3, per_round=2, min_clients=3)
+    join(m, "c1", "c2", "c3")
+    sampled = sorted(m.strategy.sample(1, ["c1", "c2", "c3"]))
+    outsider = ({"c1", "c2", "c3"} - set(sampled)).pop()
+
+    def code(event: p.Event) -> str:
+        (error,) = sends(m.handle(event), wire.Error).values()
+        return str(error.code)
+
+    assert code(update(outsider, 1, 1.0)) == wire.E_NOT_SAMPLED
+    assert code(update(sampled[0], 2, 1.0)) == wire.E_WRONG_ROUND
+    m.handle(update(sampled[0], 1, 1.0))
+    assert code(update(sampled[0], 1, 1.0)) == wire.E_DUPLICATE_UPDATE
+    only(m.handle(update(sampled[1], 1, 1.0)), p.RoundClosed)
+    assert code(update(sampled[1], 1, 1.0)) == wire.E_LATE_UPDATE
+    m.handle(p.RoundRecorded(1))
+    assert code(update(sampled[0], 1, 1.0)) == wire.E_STALE_ROUND
+    assert m.screen_update(sampled[0], 1) is not None
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        encode_tensors({"a": torch.zeros(2, 3)}),
+        encode_tensors({"a": torch.zeros(3, 2), "b": torch.ones(4)}),
+        encode_tensors({"a": torch.zeros(2, 3), "b": torch.ones(4), "c": torch.ones(1)}),
+        encode_tensors({"a": torch.full((2, 3), math.nan), "b": torch.ones(4)}),
+        encode_tensors({"a": torch.full((2, 3), math.inf), "b": torch.ones(4)}),
+        b"not safetensors at all",
+    ],
+    ids=["missing", "shape", "extra", "nan", "inf", "garbage"],
+)
+def test_invalid_updates_get_an_error_and_the_round_still_closes(payload: bytes) -> None:
+    m = machine(rounds=1, per_round=2)
+    join(m, "c1", "c2")
+    bad = m.handle(p.UpdateReceived(wire.Update(1, "c1", payload, 5)))
+    assert sends(bad, wire.Error)["c1"].code == wire.E_INVALID_UPDATE
+    closed = only(m.handle(update("c2", 1, 2.0)), p.RoundClosed)
+    assert closed.outcomes["c1"].status == "rejected"
+    assert torch.equal(closed.global_state["b"], torch.full((4,), 2.0))
+
+
+def test_dropped_client_counts_as_no_update_and_quorum_closes_the_round() -> None:
+    m = machine(rounds=1, per_round=3, min_updates=2)
+    join(m, "c1", "c2", "c3")
+    m.handle(update("c1", 1, 1.0))
+    assert m.handle(p.ClientLeft("c3")) == []
+    closed = only(m.handle(update("c2", 1, 3.0)), p.RoundClosed)
+    assert closed.outcomes["c3"].status == "dropped"
+    assert torch.equal(closed.global_state["a"], torch.full((2, 3), 2.0))
+
+
+def test_deadline_closes_the_round_and_stale_timers_are_ignored() -> None:
+    m = machine(rounds=2, per_round=2)
+    join(m, "c1", "c2")
+    m.handle(update("c1", 1, 1.0))
+    assert m.handle(p.DeadlinePassed(1, 2)) == []
+    closed = only(m.handle(p.DeadlinePassed(1, 1)), p.RoundClosed)
+    assert closed.outcomes["c2"].status == "timed_out"
+    m.handle(p.RoundRecorded(1))
+    assert m.handle(p.DeadlinePassed(1, 1)) == []
+
+
+def test_too_few_updates_retry_the_round_then_abort() -> None:
+    m = machine(rounds=1, per_round=2, min_updates=2, max_attempts=2)
+    join(m, "c1", "c2")
+    m.handle(update("c1", 1, 1.0))
+    retry = m.handle(p.ClientFailed(wire.Error(1, "c2", wire.E_TRAINING_FAILED, "oom")))
+    failed = only(retry, p.RoundFailed)
+    assert failed.outcomes["c2"] == p.ClientOutcome("failed", code=wire.E_TRAINING_FAILED)
+    assert set(sends(retry, wire.Task)) == {"c1", "c2"}
+    assert only(retry, p.StartTimer) == p.StartTimer(1, 2, 120.0)
+    m.handle(p.ClientLeft("c2"))
+    aborted = m.handle(p.DeadlinePassed(1, 2))
+    assert isinstance(aborted[-1], p.RunAborted)
+    assert set(sends(aborted, wire.Bye)) == {"c1"}
+    assert phase(m) is p.Phase.ABORTED
+    assert torch.equal(m.global_state["a"], GLOBAL["a"])
+
+
+def test_retry_waits_when_too_few_clients_remain() -> None:
+    m = machine(rounds=1, per_round=2, min_updates=2)
+    join(m, "c1", "c2")
+    m.handle(update("c1", 1, 1.0))
+    retry = m.handle(p.ClientLeft("c2"))
+    only(retry, p.RoundFailed)
+    assert not sends(retry, wire.Task)
+    assert phase(m) is p.Phase.WAITING
+    assert set(sends(join(m, "c3"), wire.Task)) == {"c1", "c3"}
+
+
+def test_update_change_is_norm_clipped() -> None:
+    m = machine(rounds=1, per_round=1, clip_norm=1.0)
+    join(m, "c1")
+    actions = m.handle(update("c1", 1, 3.0))
+    ack = sends(actions, wire.Ack)["c1"]
+    closed = only(actions, p.RoundClosed)
+    delta = {n: state(3.0)[n] - GLOBAL[n] for n in GLOBAL}
+    norm = math.sqrt(sum(float(d.double().square().sum()) for d in delta.values()))
+    assert ack.detail == {"clipped": True, "update_norm": pytest.approx(norm)}
+    clipped_norm = math.sqrt(sum(float((closed.global_state[n] - GLOBAL[n]).double().square()
+                                       .sum()) for n in GLOBAL))
+    assert clipped_norm == pytest.approx(1.0, rel=1e-6)
+    assert closed.outcomes["c1"].clipped
+
+
+@pytest.mark.parametrize("encoding", ["fp16", "int8"])
+def test_compressed_encodings_are_accepted(encoding: str) -> None:
+    m = machine(rounds=1, per_round=1)
+    join(m, "c1")
+    payload = encode_tensors(state(0.5), encoding)
+    closed = only(m.handle(p.UpdateReceived(wire.Update(1, "c1", payload, 1))), p.RoundClosed)
+    assert torch.allclose(closed.global_state["a"], torch.full((2, 3), 0.5), atol=1e-2)
+
+
+def test_resumed_machine_starts_at_the_next_round_and_a_finished_one_says_bye() -> None:
+    strategy = FedAvg(1, 0, settings_for)
+    resumed = p.RoundMachine(strategy, state(7.0), p.RoundRules(), rounds=3, first_round=3)
+    tasks = sends(join(resumed, "c1"), wire.Task)
+    assert tasks["c1"].round == 3
+    done = p.RoundMachine(strategy, GLOBAL, p.RoundRules(), rounds=3, first_round=4)
+    actions = join(done, "c1")
+    assert set(sends(actions, wire.Bye)) == {"c1"}
+    assert phase(done) is p.Phase.FINISHED
+
+
+def test_failures_from_old_rounds_and_unknown_leavers_change_nothing() -> None:
+    m = machine(rounds=2, per_round=1)
+    join(m, "c1")
+    assert m.handle(p.ClientFailed(wire.Error(7, "c1", wire.E_TRAINING_FAILED, ""))) == []
+    assert m.handle(p.ClientLeft("ghost")) == []
+    assert phase(m) is p.Phase.TRAINING
+
+
+def test_recording_a_round_that_is_not_evaluating_is_a_bug() -> None:
+    with pytest.raises(ValueError, match="recorded"):
+        machine().handle(p.RoundRecorded(1))
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [{"min_updates": 0}, {"deadline_s": 0.0}, {"clip_norm": -1.0}, {"max_attempts": 0},
+     {"update_encoding": "bf16"}, {"task_encoding": "zip"}, {"min_clients": -1}],
+)
+def test_rules_reject_bad_values(rules: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match=r"server\.round"):
+        p.RoundRules(**rules)
+
+
+def test_machine_refuses_an_empty_state() -> None:
+    with pytest.raises(ConfigError, match="empty"):
+        p.RoundMachine(FedAvg(1, 0, settings_for), {}, p.RoundRules(), 1)
