@@ -73,10 +73,11 @@ def load_bench(path: Path, overrides: Sequence[str] = ()) -> tuple[RunConfig, Be
     return config_from_dict(table, overrides), bench
 
 
-def setting_config(config: RunConfig, shots: int, partition: str, method: str, lr: float,
-                   threshold: float | None) -> RunConfig:
+def setting_config(config: RunConfig, shots: int, partition: str, method: str,
+                   lr: float | None, threshold: float | None) -> RunConfig:
     """``config`` specialised to one grid cell and one method's hyper-parameters."""
-    fed = dataclasses.replace(config.federation, learning_rates={method: lr})
+    rates = {} if lr is None else {method: lr}
+    fed = dataclasses.replace(config.federation, learning_rates=rates)
     soft = config.soft_labels
     if threshold is not None:
         soft = dataclasses.replace(soft, threshold=threshold)
@@ -101,11 +102,11 @@ class AccuracyBenchmark:
             "run": config.to_dict(), "bench": _plain_bench(bench), "environment": environment(),
         })
 
-    def _run(self, kind: str, method: str, shots: int, partition: str, seed: int, lr: float,
-             threshold: float | None) -> dict[str, Any]:
+    def _run(self, kind: str, method: str, shots: int, partition: str, seed: int,
+             lr: float | None, threshold: float | None) -> dict[str, Any]:
         key = {"kind": kind, "method": method, "shots": shots, "partition": partition,
                "seed": seed, "lr": lr, "threshold": threshold}
-        done = [r for r in self.results.runs if all(r.get(k) == v for k, v in key.items())]
+        done = [r for r in self.results.reload() if all(r.get(k) == v for k, v in key.items())]
         if done:
             return done[0]
         config = setting_config(self.config, shots, partition, method, lr, threshold)
@@ -113,14 +114,15 @@ class AccuracyBenchmark:
         if kind == "selection":  # score on validation; the test split stays unseen
             data = dataclasses.replace(data, test=data.validation)
         run = run_method(config, method, seed, data, self.progress)
+        run.pop("lr", None)
         run.update(key)
         self.results.add(run)
         return run
 
-    def select(self, method: str) -> tuple[float, float | None]:
+    def select(self, method: str) -> tuple[float | None, float | None]:
         """Two-stage search on the validation split: learning rate, then threshold."""
         if method == "zero-shot":
-            return 0.0, None
+            return None, None
         b, seed = self.bench, self.bench.seeds[0]
         default_threshold = self.config.soft_labels.threshold if has_soft_labels(method) else None
 
@@ -136,10 +138,11 @@ class AccuracyBenchmark:
         threshold = max(candidates, key=lambda t: (score(lr, t), t == default_threshold))
         return lr, threshold
 
-    def run(self) -> dict[str, tuple[float, float | None]]:
-        chosen = {m: self.select(m) for m in self.bench.methods}
+    def run(self, methods: Sequence[str]) -> dict[str, tuple[float | None, float | None]]:
+        """Select hyper-parameters for ``methods``, then run them over the whole grid."""
+        chosen = {m: self.select(m) for m in methods}
         for method, (lr, threshold) in chosen.items():
-            self.progress(f"[selection] {method}: lr {lr:g}, threshold {threshold}")
+            self.progress(f"[selection] {method}: lr {lr}, threshold {threshold}")
         for shots in self.bench.shots:
             for partition in self.bench.partitions:
                 for seed in self.bench.seeds:

@@ -59,7 +59,11 @@ def cmd_bench_accuracy(args: argparse.Namespace) -> int:
     torch.set_num_threads(config.run.threads)
     out = Path(args.out)
     benchmark = AccuracyBenchmark(config, bench, out)
-    benchmark.run()
+    only = args.only.split(",") if args.only else list(bench.methods)
+    unknown = set(only) - set(bench.methods)
+    if unknown:
+        raise LpflError(f"--only {sorted(unknown)}: not among bench.methods {bench.methods}")
+    benchmark.run(only)
     report = write_bench_report(out, benchmark.results.runs, bench.methods,
                                 benchmark.results.config)
     print(f"wrote {benchmark.results.path} and {report}")
@@ -82,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="SECTION.KEY=VALUE", help="override one run config value")
     acc.add_argument("--out", default="bench/results/accuracy", help="output folder")
+    acc.add_argument("--only", help="comma-separated subset of bench.methods for this process "
+                     "(run several processes on one --out to split the grid)")
     acc.set_defaults(func=cmd_bench_accuracy)
     return parser
 

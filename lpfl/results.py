@@ -2,11 +2,14 @@
 
 The file is ``{"config": {...}, "runs": [ {...}, ... ]}``. Writes go to a temporary file that is
 fsynced and renamed over the old one, so a crash leaves either the old or the new file, never a
-torn one. A rerun can ask :meth:`ResultsFile.has` and skip runs that are already there.
+torn one. A rerun can ask :meth:`ResultsFile.has` and skip runs that are already there. Several processes
+may append to one file (a benchmark split over processes): each append takes a lock, re-reads the
+file and adds its run to what is there.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -38,23 +41,34 @@ class ResultsFile:
     def __init__(self, path: Path, config: Mapping[str, Any]) -> None:
         self.path = path
         self.config = dict(config)
-        self.runs: list[dict[str, Any]] = []
-        if path.is_file():
-            try:
-                existing = json.loads(path.read_text(encoding="utf-8"))
-                self.runs = list(existing["runs"])
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise LpflError(f"{path} exists but is not an lpfl results file ({exc}); "
-                                "move it away or choose another --out") from None
+        self.runs: list[dict[str, Any]] = self._read()
+
+    def _read(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        try:
+            return list(json.loads(self.path.read_text(encoding="utf-8"))["runs"])
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise LpflError(f"{self.path} exists but is not an lpfl results file ({exc}); "
+                            "move it away or choose another --out") from None
 
     @staticmethod
     def load_config(path: Path) -> Any:
         """The config stored with the runs in ``path``."""
         return json.loads(path.read_text(encoding="utf-8")).get("config")
 
+    def reload(self) -> list[dict[str, Any]]:
+        """Re-read the runs on disk (another process may have added some)."""
+        self.runs = self._read()
+        return self.runs
+
     def has(self, **key: Any) -> bool:
         return any(all(run.get(k) == v for k, v in key.items()) for run in self.runs)
 
     def add(self, run: Mapping[str, Any]) -> None:
-        self.runs.append(dict(run))
-        write_json_atomic(self.path, {"config": self.config, "runs": self.runs})
+        """Append ``run`` to the file (merging runs other processes added meanwhile)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with (self.path.parent / (self.path.name + ".lock")).open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self.runs = [*self._read(), dict(run)]
+            write_json_atomic(self.path, {"config": self.config, "runs": self.runs})

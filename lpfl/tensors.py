@@ -8,6 +8,7 @@ untrusted peer.
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from collections.abc import Mapping
@@ -99,5 +100,17 @@ def decode_tensors(data: bytes) -> dict[str, torch.Tensor]:
 
 
 def payload_nbytes(state: Mapping[str, torch.Tensor], encoding: str = "fp32") -> int:
-    """Exact size of the serialized payload, as a client would send or receive it."""
-    return len(encode_tensors(state, encoding))
+    """Exact size of the serialized payload, as a client would send or receive it.
+
+    For fp32 and fp16 the size depends only on names and shapes, so it is computed once per
+    layout (FP-FL states are hundreds of MB); int8 metadata holds per-tensor scales, so int8
+    payloads are serialized each time.
+    """
+    if encoding == "int8":
+        return len(encode_tensors(state, encoding))
+    return _layout_nbytes(encoding, tuple((n, tuple(t.shape)) for n, t in state.items()))
+
+
+@functools.lru_cache(maxsize=32)
+def _layout_nbytes(encoding: str, layout: tuple[tuple[str, tuple[int, ...]], ...]) -> int:
+    return len(encode_tensors({name: torch.zeros(shape) for name, shape in layout}, encoding))

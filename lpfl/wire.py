@@ -594,20 +594,28 @@ class ByteMeter:
     That is the websocket handshake, websocket frame headers and masks, pings, close frames, the
     headers above and the payloads: what :mod:`lpfl.server` reports as ``wire_*_bytes`` beside
     the payload sizes. Under TLS it counts the plaintext, so TLS record overhead is not included.
-    A connection class calls :meth:`wrap` on its transport in ``connection_made`` and
-    :meth:`received` in ``data_received``.
     """
 
     def __init__(self) -> None:
         self.bytes_in = 0
         self.bytes_out = 0
 
-    def received(self, data: bytes) -> None:
-        self.bytes_in += len(data)
 
-    def wrap(self, transport: asyncio.BaseTransport) -> asyncio.Transport:
-        """A view of ``transport`` whose writes are counted."""
-        return typing.cast(asyncio.Transport, _MeteredTransport(transport, self))
+class MeteredProtocol(asyncio.Protocol):
+    """Mixin for websockets' connection classes (they are asyncio protocols) that gives each
+    connection a :class:`ByteMeter`: list it first, e.g.
+    ``class Metered(MeteredProtocol, ServerConnection)``."""
+
+    meter: ByteMeter
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.meter = ByteMeter()
+        super().connection_made(typing.cast(asyncio.Transport,
+                                             _MeteredTransport(transport, self.meter)))
+
+    def data_received(self, data: bytes) -> None:
+        self.meter.bytes_in += len(data)
+        super().data_received(data)
 
 
 class _MeteredTransport:

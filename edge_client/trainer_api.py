@@ -1,0 +1,65 @@
+"""What the edge client needs from a trainer: the interface the LP-FL trainer implements.
+
+The client (:mod:`lpfl.edge_client.connection`) knows nothing about models: it hands each task's
+global state and settings to a :class:`Trainer` and ships back what it returns. Anything with the
+two methods below works, which is how tests run whole federations with a few lines of torch.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import torch
+
+
+class TrainResult(Protocol):
+    """One round's result; :class:`lpfl.strategy.ClientUpdate` is one."""
+
+    @property
+    def state(self) -> Mapping[str, torch.Tensor]:
+        """The trained state: the same names and shapes as the global state it started from."""
+        ...
+
+    @property
+    def num_examples(self) -> int:
+        """How many examples it trained on (>= 1): its weight in the average."""
+        ...
+
+    @property
+    def metrics(self) -> Mapping[str, float]:
+        """Finite numbers such as ``train_loss`` and ``soft_labels``; the client adds
+        ``compute_seconds`` if absent."""
+        ...
+
+
+class Trainer(Protocol):
+    """Trains one client's share of each round."""
+
+    def capabilities(self) -> dict[str, Any]:
+        """What the device runs: ``backend``, ``cpu_arch``, ``memory_bytes``, ``runtime`` (see
+        :func:`device_capabilities`), plus any plain JSON extras."""
+        ...
+
+    def train_round(
+        self, round_number: int, global_state: dict[str, torch.Tensor], settings: dict[str, Any]
+    ) -> TrainResult:
+        """Train from ``global_state`` with the round's ``settings``; may take minutes (it runs in
+        a worker thread, so the connection stays alive). Raising reports a failed round to the
+        server; the client keeps going."""
+        ...
+
+
+def device_capabilities(backend: str, **runtime: str) -> dict[str, Any]:
+    """This machine's capabilities for a hello: ``backend``, CPU architecture, physical memory,
+    and the Python and torch versions plus any ``runtime`` versions given."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        memory = 0
+    versions = {"python": platform.python_version(), "torch": torch.__version__, **runtime}
+    return {"backend": backend, "cpu_arch": platform.machine() or sys.platform,
+            "memory_bytes": max(int(memory), 0), "runtime": versions}

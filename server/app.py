@@ -1,0 +1,403 @@
+"""The aggregator process: an asyncio websocket server around :class:`lpfl.protocol.RoundMachine`.
+
+Everything about rounds (who trains, which update counts, when a round closes) is decided by the
+machine; this module only moves bytes and time:
+
+- authenticates each connection during the handshake (:mod:`lpfl.server.auth`), then expects a
+  ``hello`` within ``hello_timeout_s``;
+- reads frames through a :class:`lpfl.wire.FrameReader` per connection, refusing an update from its
+  header when the machine would refuse it anyway, and receiving at most
+  ``max_concurrent_uploads`` update payloads at a time, each within the round deadline;
+- turns messages, disconnects and timers into machine events, and carries out the machine's
+  actions: messages go to a per-connection outbox drained by one writer task, so frames of two
+  messages never interleave;
+- after each round: evaluates the new global state (in a thread), writes the checkpoint atomically,
+  hands the history to the results writer, and tells the machine the round is recorded.
+
+Nothing a client sends can stop the server: a malformed frame, a refused update or a dropped
+connection becomes an error frame, a log line and a client outcome in the round record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from lpfl import protocol, wire
+from lpfl.errors import ConfigError, LpflError
+from lpfl.strategy import FedAvg
+from lpfl.transport_config import ServerSettings
+
+from .auth import TokenAuthenticator
+from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .results import ClientRecord, ResultsWriter, RoundRecord
+from .tls import server_ssl_context
+
+logger = logging.getLogger(__name__)
+
+Evaluate = Callable[[int, Mapping[str, torch.Tensor]], Mapping[str, float]]
+"""``evaluate(round, global_state)``: metrics of the new global state (accuracy on the test
+split, say). Runs in a worker thread after each round."""
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+_MAX_QUEUE = 4
+"""Frames websockets buffers per connection before it stops reading from the socket."""
+_CLOSE_TIMEOUT_S = 5.0
+
+
+class MeteredServerConnection(wire.MeteredProtocol, ServerConnection):
+    """A server connection that counts every byte on its transport (:class:`wire.ByteMeter`)."""
+
+
+@dataclass
+class _Traffic:
+    """Bytes one client moved in the current accounting window."""
+
+    wire_in: int = 0
+    wire_out: int = 0
+    payload_in: int = 0
+    payload_out: int = 0
+
+
+class _Session:
+    """One authenticated connection: its reader, its outbox and what its meter already counted."""
+
+    def __init__(self, client_id: str, ws: MeteredServerConnection, limits: wire.PayloadLimits):
+        self.client_id = client_id
+        self.ws = ws
+        self.reader = wire.FrameReader(limits, client_id)
+        self.outbox: asyncio.Queue[wire.Message | None] = asyncio.Queue()
+        self.counted_in = 0
+        self.counted_out = 0
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How a run ended: ``completed`` is False when a round failed too often (``reason``)."""
+
+    completed: bool
+    reason: str
+    global_state: Mapping[str, torch.Tensor]
+    rounds: list[RoundRecord]
+
+
+class AggregatorServer:
+    """Serves one federated run; ``await run()`` returns when it is finished or aborted.
+
+    The model-specific parts are injected, so the server runs without any real model: the
+    ``strategy`` (sampling, settings, aggregation), the ``initial_state`` (ignored when resuming),
+    ``evaluate`` and the ``results`` writer. ``tokens`` maps client ids to their secrets.
+    With ``resume``, the run continues after the last round in ``run_dir``'s checkpoint; without
+    it, an existing checkpoint is refused rather than overwritten.
+    """
+
+    def __init__(
+        self,
+        *,
+        strategy: FedAvg,
+        initial_state: Mapping[str, torch.Tensor],
+        evaluate: Evaluate,
+        results: ResultsWriter,
+        settings: ServerSettings,
+        tokens: Mapping[str, str],
+        rounds: int,
+        resume: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.checkpoint_path = Path(settings.run_dir) / CHECKPOINT_NAME
+        self.history: list[RoundRecord] = []
+        state, first_round = initial_state, 1
+        if resume and self.checkpoint_path.is_file():
+            checkpoint = load_checkpoint(self.checkpoint_path)
+            state, first_round = checkpoint.global_state, checkpoint.round + 1
+            self.history = list(checkpoint.rounds)
+            rng = torch.frombuffer(bytearray(checkpoint.rng_state), dtype=torch.uint8)
+            torch.set_rng_state(rng)
+            logger.info("resuming after round %d from %s", checkpoint.round, self.checkpoint_path)
+        elif self.checkpoint_path.exists() and not resume:
+            raise ConfigError(f"{self.checkpoint_path} holds an earlier run: resume it with "
+                              "--resume, or choose another run_dir")
+        self.machine = protocol.RoundMachine(strategy, state, settings.round, rounds, first_round)
+        self._limits = {wire.UPDATE: self.machine.max_update_bytes()}
+        self._authenticate = TokenAuthenticator(tokens)
+        self._evaluate = evaluate
+        self._results = results
+        self._sessions: dict[str, _Session] = {}
+        self._window: dict[str, _Traffic] = {}
+        self._upload_slots = asyncio.Semaphore(settings.max_concurrent_uploads)
+        self._timer: asyncio.TimerHandle | None = None
+        self._round_started: float | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._done: asyncio.Future[RunOutcome] | None = None
+        self.port: int | None = None
+        """The port actually bound (useful with ``port = 0``), set once :attr:`started` is."""
+        self.started = asyncio.Event()
+
+    async def run(self) -> RunOutcome:
+        """Serve until every round is recorded (or the run aborts); then say bye and close."""
+        self._done = asyncio.get_running_loop().create_future()
+        if self.machine.phase is protocol.Phase.FINISHED:
+            logger.info("all %d rounds are already recorded", self.machine.rounds)
+            return RunOutcome(True, "already finished", self.machine.global_state, self.history)
+        ssl = (server_ssl_context(self.settings.certfile, self.settings.keyfile)
+               if self.settings.tls else None)
+        async with serve(
+            self._handle, self.settings.host, self.settings.port, ssl=ssl,
+            process_request=self._authenticate, compression=None,
+            max_size=wire.MAX_FRAME_BYTES, max_queue=_MAX_QUEUE,
+            ping_interval=self.settings.ping_interval_s,
+            create_connection=MeteredServerConnection,
+        ) as server:
+            self.port = server.sockets[0].getsockname()[1]
+            logger.info("serving %s://%s:%d, round %d of %d",
+                        "wss" if ssl else "ws", self.settings.host, self.port, self.machine.round,
+                        self.machine.rounds)
+            self.started.set()
+            try:
+                return await self._done
+            finally:
+                if self._timer is not None:
+                    self._timer.cancel()
+                await self._close_sessions()
+
+    async def _close_sessions(self) -> None:
+        """Let every outbox drain (the byes), then close the connections."""
+        for session in list(self._sessions.values()):
+            session.outbox.put_nowait(None)
+        pending = [t for t in self._tasks if not t.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=_CLOSE_TIMEOUT_S)
+
+    # Connections
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        assert isinstance(ws, MeteredServerConnection) and ws.request is not None
+        client_id = ws.request.headers[wire.CLIENT_ID_HEADER]
+        session = _Session(client_id, ws, self._limits)
+        writer = self._spawn(self._write(session))
+        registered = False
+        try:
+            hello = await self._hello(session)
+            if hello is not None:
+                self._register(session, hello)
+                registered = True
+                await self._serve(session)
+        except ConnectionClosed:
+            logger.info("client %s disconnected", client_id)
+        except TimeoutError:
+            self._send(session, wire.Error.of(self.machine.round, client_id, wire.E_TIMEOUT,
+                                              "an update took longer than the round deadline"))
+        finally:
+            session.outbox.put_nowait(None)
+            await asyncio.wait([writer], timeout=_CLOSE_TIMEOUT_S)
+            self._account(session)
+            if registered and self._sessions.get(client_id) is session:
+                del self._sessions[client_id]
+                self._apply(self.machine.handle(protocol.ClientLeft(client_id)))
+
+    async def _hello(self, session: _Session) -> wire.Hello | None:
+        """The connection's hello, or None after sending the error that refuses it."""
+        cid = session.client_id
+        try:
+            async with asyncio.timeout(self.settings.hello_timeout_s):
+                message = await self._receive(session)
+        except TimeoutError:
+            message = wire.Error.of(0, cid, wire.E_TIMEOUT,
+                                    f"no hello within {self.settings.hello_timeout_s} s")
+        except wire.WireError as exc:
+            message = wire.Error.of(0, cid, exc.code, exc.reason)
+        if isinstance(message, wire.Hello):
+            return message
+        if not isinstance(message, wire.Error):
+            message = wire.Error.of(0, cid, wire.E_UNEXPECTED, "the first message must be hello")
+        logger.warning("client %s refused before hello: %s", cid, message.reason)
+        self._send(session, message)
+        return None
+
+    def _register(self, session: _Session, hello: wire.Hello) -> None:
+        cid = session.client_id
+        old = self._sessions.get(cid)
+        self._sessions[cid] = session
+        if old is not None:
+            logger.info("client %s reconnected; closing its older connection", cid)
+            self._send(old, wire.Error.of(self.machine.round, cid, wire.E_REPLACED,
+                                          "a newer connection of this client took over"))
+            old.outbox.put_nowait(None)
+            self._apply(self.machine.handle(protocol.ClientLeft(cid)))
+        logger.info("client %s joined: %s", cid, dict(hello.capabilities))
+        self._apply(self.machine.handle(protocol.ClientJoined(cid, hello.capabilities)))
+
+    async def _serve(self, session: _Session) -> None:
+        """Handle the client's messages until it says bye or the connection closes."""
+        while True:
+            try:
+                message = await self._receive(session)
+            except wire.WireError as exc:
+                logger.warning("client %s sent a bad frame: %s", session.client_id, exc)
+                self._send(session, wire.Error.of(self.machine.round, session.client_id,
+                                                  exc.code, exc.reason))
+                continue
+            if isinstance(message, wire.Update):
+                self._traffic(session.client_id).payload_in += len(message.tensors)
+                self._apply(self.machine.handle(protocol.UpdateReceived(message)))
+            elif isinstance(message, wire.Error):
+                self._apply(self.machine.handle(protocol.ClientFailed(message)))
+            elif isinstance(message, wire.Bye):
+                logger.info("client %s left: %s", session.client_id, message.reason)
+                return
+            else:
+                self._send(session, wire.Error.of(self.machine.round, session.client_id,
+                                                  wire.E_UNEXPECTED,
+                                                  f"a client may not send {message.TYPE} now"))
+
+    async def _frame(self, session: _Session) -> bytes:
+        data = await session.ws.recv()
+        if isinstance(data, str):
+            raise wire.WireError(wire.E_BAD_FRAME, "text frames are not part of the protocol")
+        return data
+
+    async def _receive(self, session: _Session) -> wire.Message:
+        """The next whole message. An update the machine would refuse is answered from its
+        header and its payload skipped unread; an accepted one is received while holding an
+        upload slot, within the round deadline."""
+        while True:
+            message = session.reader.feed(await self._frame(session))
+            if message is not None:
+                return message
+            pending = session.reader.pending
+            assert pending is not None and pending.type == wire.UPDATE  # the only payload type
+            refusal = self.machine.screen_update(session.client_id, pending.round)
+            if refusal is not None:
+                self._send(session, refusal)
+                session.reader.discard()
+            slot = self._upload_slots if refusal is None else contextlib.nullcontext()
+            async with slot, asyncio.timeout(self.settings.round.deadline_s):
+                message = await self._rest(session)
+            if message is not None:
+                return message
+
+    async def _rest(self, session: _Session) -> wire.Message | None:
+        """Feed frames until the pending message is complete; None if it was discarded."""
+        message = None
+        while session.reader.pending is not None:
+            message = session.reader.feed(await self._frame(session))
+        return message
+
+    async def _write(self, session: _Session) -> None:
+        """Send the outbox in order until its end marker, then close the connection."""
+        try:
+            while (message := await session.outbox.get()) is not None:
+                for frame in message.frames():
+                    await session.ws.send(frame)
+                if isinstance(message, wire.Task):
+                    self._traffic(session.client_id).payload_out += len(message.tensors)
+            await session.ws.close()
+        except ConnectionClosed:
+            return
+
+    def _send(self, session: _Session, message: wire.Message) -> None:
+        session.outbox.put_nowait(message)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # Byte accounting
+
+    def _traffic(self, client_id: str) -> _Traffic:
+        return self._window.setdefault(client_id, _Traffic())
+
+    def _account(self, session: _Session) -> None:
+        """Move what the connection's meter counted since last time into the current window."""
+        traffic = self._traffic(session.client_id)
+        meter = session.ws.meter
+        traffic.wire_in += meter.bytes_in - session.counted_in
+        traffic.wire_out += meter.bytes_out - session.counted_out
+        session.counted_in, session.counted_out = meter.bytes_in, meter.bytes_out
+
+    # Machine actions
+
+    def _apply(self, actions: list[protocol.Action]) -> None:
+        for action in actions:
+            if isinstance(action, protocol.Send):
+                session = self._sessions.get(action.client_id)
+                if session is None:
+                    logger.debug("dropping %s for absent client %s", action.message.TYPE,
+                                 action.client_id)
+                else:
+                    self._send(session, action.message)
+            elif isinstance(action, protocol.StartTimer):
+                if self._timer is not None:
+                    self._timer.cancel()
+                if self._round_started is None:
+                    self._round_started = time.monotonic()
+                self._timer = asyncio.get_running_loop().call_later(
+                    action.seconds, self._deadline, action.round, action.attempt)
+            elif isinstance(action, protocol.RoundClosed):
+                self._spawn(self._record(action))
+            elif isinstance(action, protocol.RoundFailed):
+                logger.warning("%s; outcomes: %s", action.reason,
+                               {c: o.status for c, o in action.outcomes.items()})
+            elif isinstance(action, protocol.RunFinished):
+                self._finish(RunOutcome(True, "finished", action.global_state, self.history))
+            else:
+                self._finish(RunOutcome(False, action.reason, self.machine.global_state,
+                                        self.history))
+
+    def _deadline(self, round_number: int, attempt: int) -> None:
+        self._apply(self.machine.handle(protocol.DeadlinePassed(round_number, attempt)))
+
+    def _finish(self, outcome: RunOutcome) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_result(outcome)
+
+    async def _record(self, closed: protocol.RoundClosed) -> None:
+        """Evaluate, checkpoint and report a closed round, then let the machine go on."""
+        try:
+            metrics = await asyncio.to_thread(self._evaluate, closed.round, closed.global_state)
+            for session in self._sessions.values():
+                self._account(session)
+            window, self._window = self._window, {}
+            seconds = time.monotonic() - (self._round_started or time.monotonic())
+            self._round_started = None
+            record = _round_record(closed, dict(metrics), window, seconds)
+            self.history.append(record)
+            checkpoint = Checkpoint(closed.round, closed.global_state, list(self.history),
+                                    torch.get_rng_state().numpy().tobytes())
+            await asyncio.to_thread(save_checkpoint, self.checkpoint_path, checkpoint)
+            await asyncio.to_thread(self._results.write, list(self.history))
+            logger.info("round %d recorded: eval %s, %d bytes up, %d down on the wire",
+                        closed.round, record.eval_metrics, record.total("wire_uplink_bytes"),
+                        record.total("wire_downlink_bytes"))
+            self._apply(self.machine.handle(protocol.RoundRecorded(closed.round)))
+        except Exception as exc:
+            logger.exception("round %d could not be recorded", closed.round)
+            if self._done is not None and not self._done.done():
+                self._done.set_exception(LpflError(f"round {closed.round} could not be "
+                                                   f"recorded: {exc}"))
+
+
+def _round_record(closed: protocol.RoundClosed, metrics: dict[str, float],
+                  window: Mapping[str, _Traffic], seconds: float) -> RoundRecord:
+    clients = []
+    for cid in sorted(set(closed.outcomes) | set(window)):
+        outcome = closed.outcomes.get(cid, protocol.ClientOutcome("idle"))
+        traffic = window.get(cid, _Traffic())
+        clients.append(ClientRecord(
+            cid, outcome.status, outcome.num_examples, dict(outcome.metrics), outcome.update_norm,
+            outcome.clipped, outcome.code, traffic.payload_in, traffic.payload_out,
+            traffic.wire_in, traffic.wire_out))
+    return RoundRecord(closed.round, closed.attempt, seconds, metrics, dict(closed.train_metrics),
+                       clients)
