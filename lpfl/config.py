@@ -250,7 +250,8 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON- and TOML-friendly dict of every setting."""
-        return _plain(dataclasses.asdict(self))
+        plain: dict[str, Any] = _plain(dataclasses.asdict(self))
+        return plain
 
 
 def _plain(value: Any) -> Any:
@@ -308,10 +309,11 @@ def build_section(cls: type[T], table: Mapping[str, Any], where: str) -> T:
     kwargs: dict[str, Any] = {}
     for raw_key, value in table.items():
         key = raw_key.replace("-", "_")
+        prefix = f"{where}." if where else ""
         if key not in names:
             known = ", ".join(sorted(n.replace("_", "-") for n in names))
-            raise ConfigError(f"unknown key {where + '.' if where else ''}{raw_key}; known: {known}")
-        kwargs[key] = _coerce(value, hints[key], f"{where + '.' if where else ''}{key}")
+            raise ConfigError(f"unknown key {prefix}{raw_key}; known: {known}")
+        kwargs[key] = _coerce(value, hints[key], f"{prefix}{key}")
     return cls(**kwargs)
 
 

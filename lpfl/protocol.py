@@ -266,7 +266,8 @@ class RoundMachine:
 
     def max_update_bytes(self) -> int:
         """The largest update payload worth reading: the global state in the run's update
-        encoding, plus room for int8 scales whose text length varies. Computed once per run."""
+        encoding, plus room for int8 scales whose text length varies. It encodes the whole
+        state, so call it once per run."""
         encoded = encode_tensors(self.global_state, self.rules.update_encoding)
         return len(encoded) + 64 * len(self.global_state) + 1024
 
@@ -281,11 +282,7 @@ class RoundMachine:
             case UpdateReceived(update):
                 return self._update(update)
             case ClientFailed(error):
-                if self.screen_update(error.client_id, error.round) is not None:
-                    return []
-                logger.info("client %s failed round %d: %s", error.client_id, error.round,
-                            error.reason)
-                return self._settle(error.client_id, ClientOutcome("failed", code=error.code))
+                return self._failed(error)
             case DeadlinePassed(round_number, attempt):
                 return self._deadline(round_number, attempt)
             case RoundRecorded(round_number):
@@ -306,7 +303,8 @@ class RoundMachine:
                                f"{self.round}")
         if current is None:
             return self._error(client_id, wire.E_LATE_UPDATE,
-                               f"round {round_number} is no longer taking updates")
+                               f"round {round_number} is not taking updates now (it is "
+                               f"{self.phase.value})")
         if client_id not in current.sampled:
             return self._error(client_id, wire.E_NOT_SAMPLED,
                                f"client {client_id} was not sampled for round {round_number}")
@@ -403,6 +401,17 @@ class RoundMachine:
         current.pending.discard(client_id)
         current.outcomes[client_id] = outcome
         return [] if current.pending else self._close()
+
+    def _failed(self, error: wire.Error) -> list[Action]:
+        """A client's error counts as its reply only if it says its training failed in the
+        current round; anything else it reports is logged."""
+        current_reply = self.screen_update(error.client_id, error.round) is None
+        if error.code != wire.E_TRAINING_FAILED or not current_reply:
+            logger.warning("client %s reports %s in round %d: %s", error.client_id, error.code,
+                           error.round, error.reason)
+            return []
+        logger.info("client %s failed round %d: %s", error.client_id, error.round, error.reason)
+        return self._settle(error.client_id, ClientOutcome("failed", code=error.code))
 
     def _deadline(self, round_number: int, attempt: int) -> list[Action]:
         current = self._current

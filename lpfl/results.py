@@ -2,9 +2,9 @@
 
 The file is ``{"config": {...}, "runs": [ {...}, ... ]}``. Writes go to a temporary file that is
 fsynced and renamed over the old one, so a crash leaves either the old or the new file, never a
-torn one. A rerun can ask :meth:`ResultsFile.has` and skip runs that are already there. Several processes
-may append to one file (a benchmark split over processes): each append takes a lock, re-reads the
-file and adds its run to what is there.
+torn one. A rerun can ask :meth:`ResultsFile.has` and skip runs that are already there. Several
+processes may append to one file (a benchmark split over processes): each append takes a lock,
+re-reads the file and adds its run to what is there.
 """
 
 from __future__ import annotations

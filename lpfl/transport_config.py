@@ -79,6 +79,7 @@ class ServerSettings:
 
 
 T = TypeVar("T")
+_KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
 def _build(cls: type[T], table: Mapping[str, Any], where: str) -> T:
@@ -101,7 +102,7 @@ def _build(cls: type[T], table: Mapping[str, Any], where: str) -> T:
         elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
             kwargs[key] = value
         else:
-            raise ConfigError(f"{where}.{raw_key} must be a {kind.__name__}, got {value!r}")
+            raise ConfigError(f"{where}.{raw_key} must be {_KINDS.get(kind, kind)}, got {value!r}")
     return cls(**kwargs)
 
 

@@ -18,7 +18,8 @@ frame bigger than that and the receiver checks the declared payload size against
 message type before it stores a single payload byte.
 
 Every check failure raises :class:`WireError` with one of the ``E_*`` codes, the same codes an
-``error`` message carries back to the peer.
+``error`` message carries back to the peer. :class:`ByteMeter` defines what "bytes on the wire"
+means for the byte accounting: everything a connection reads and writes.
 """
 
 from __future__ import annotations
@@ -97,6 +98,9 @@ CHUNK_BYTES = 1024 * 1024
 """Most payload bytes a sender puts in one frame."""
 MAX_FRAME_BYTES = 4 + MAX_HEADER_BYTES + CHUNK_BYTES
 """Largest websocket message either side accepts (its ``max_size``)."""
+MAX_QUEUED_FRAMES = 4
+"""Frames websockets may buffer per connection before it stops reading the socket (its
+``max_queue``): with :data:`MAX_FRAME_BYTES`, a bound on each connection's receive buffer."""
 MAX_REASON_CHARS = 1000
 """Longer error reasons and bye reasons are cut to this length by :meth:`Error.of`."""
 MAX_ROUND = 2**31 - 1

@@ -52,7 +52,7 @@ class PromptModel:
                  device: str = "cpu") -> None:
         self.base = base
         self.device = torch.device(device)
-        base.model.to(self.device)
+        base.model.to(self.device)  # type: ignore[arg-type]
         self.network: nn.Module = base.model
         self.prompt = prompt
         self.max_length = max_length
@@ -117,10 +117,12 @@ class PromptModel:
                                attention_mask=batch["attention_mask"],
                                position_ids=batch["position_ids"], logits_to_keep=1,
                                use_cache=False)
-            return out.logits[:, -1, :].index_select(-1, label_ids)
+            logits: torch.Tensor = out.logits[:, -1, :].index_select(-1, label_ids)
+            return logits
         out = self.network(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         rows = torch.arange(batch["input_ids"].shape[0], device=self.device)
-        return out.logits[rows, batch["mask_index"]].index_select(-1, label_ids)
+        masked: torch.Tensor = out.logits[rows, batch["mask_index"]].index_select(-1, label_ids)
+        return masked
 
     @torch.no_grad()
     def score(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
