@@ -20,7 +20,7 @@ $(BIN)/lpfl: pyproject.toml
 env: $(BIN)/lpfl
 
 demo: env
-	$(BIN)/lpfl simulate --config configs/demo.toml --out runs/demo
+	$(BIN)/lpfl launch --config configs/demo.toml --clients 3 --out runs/demo
 
 smoke: env
 	$(BIN)/lpfl simulate --config configs/smoke.toml --out runs/smoke --fresh

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from lpfl.data import Example
+from lpfl.edge_client.trainer_api import device_capabilities
 from lpfl.model.adapters import load_trainable_state, trainable_state
 from lpfl.model.prompt import PromptModel
 from lpfl.softlabels import select_confident
@@ -69,6 +70,14 @@ class LocalClient:
         self.labeled = list(labeled)
         self.unlabeled = list(unlabeled)
         self.eval_batch_size = eval_batch_size
+
+    def capabilities(self) -> dict[str, Any]:
+        """What this client runs on, for its hello message."""
+        import peft
+        import transformers
+
+        return device_capabilities("eager", transformers=transformers.__version__,
+                                   peft=peft.__version__, model=self.pm.base.model_id)
 
     def soft_label(self, task: RoundTask) -> tuple[list[TrainExample], dict[str, float]]:
         """Pseudo-label the unlabeled pool with the current (global) model."""

@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from lpfl.errors import LpflError
 
@@ -70,6 +71,38 @@ def cmd_bench_accuracy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_launch(args: argparse.Namespace) -> int:
+    from lpfl.server.launch import launch
+
+    report = launch(args.config, args.clients, args.out)
+    print(f"wrote {args.out / 'results.json'} and {report}")
+    return 0
+
+
+def _add_network_commands(sub: Any) -> None:
+    """``lpfl server`` and ``lpfl client`` with the real LP-FL model behind them."""
+    from lpfl.edge_client import cli as client_cli
+    from lpfl.server import cli as server_cli
+
+    def server(args: argparse.Namespace) -> int:
+        from lpfl.server.lpfl_parts import lpfl_server_parts
+
+        return server_cli.run(args, factory=lpfl_server_parts)
+
+    def client(args: argparse.Namespace) -> int:
+        from lpfl.edge_client.lpfl_trainer import lpfl_trainer
+
+        return client_cli.run(args, trainer_factory=lpfl_trainer)
+
+    server_cli.add_parser(sub).set_defaults(func=server)
+    client_cli.add_parser(sub).set_defaults(func=client)
+    launch = sub.add_parser("launch", help="a server and N client processes on loopback")
+    launch.add_argument("--config", type=Path, required=True, help="TOML run file")
+    launch.add_argument("--clients", type=int, default=3, help="number of client processes")
+    launch.add_argument("--out", type=Path, required=True, help="output folder")
+    launch.set_defaults(func=cmd_launch)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lpfl", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -79,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", required=True, help="output folder for results.json and report.md")
     sim.add_argument("--fresh", action="store_true", help="discard earlier results in --out")
     sim.set_defaults(func=cmd_simulate)
+    _add_network_commands(sub)
     bench = sub.add_parser("bench", help="benchmarks (resumable; results.json + report.md)")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     acc = bench_sub.add_parser("accuracy", help="methods × shots × partitions × seeds grid")

@@ -58,15 +58,36 @@ def _cached_base(settings: ModelSettings) -> BaseModel:
     return load_base_model(settings)
 
 
-def fresh_prompt_model(config: RunConfig, mode: str) -> PromptModel:
-    """A prompt model on a private copy of the (cached) base model, in training ``mode``."""
+def base_parameters(settings: ModelSettings) -> dict[str, torch.Tensor]:
+    """Every parameter of the base model (tied weights once): what FP-FL exchanges."""
+    return dict(_cached_base(settings).model.named_parameters())
+
+
+def fresh_prompt_model(config: RunConfig, mode: str, seed: int) -> PromptModel:
+    """A prompt model on a private copy of the (cached) base model, in training ``mode``.
+
+    The new adapter's random initialisation depends on ``seed`` only, so a server process and
+    the in-process simulation start from the same global adapter.
+    """
     base = _cached_base(config.model)
     private = BaseModel(model=copy.deepcopy(base.model), tokenizer=base.tokenizer,
                         kind=base.kind, model_id=base.model_id)
     pm = PromptModel(private, config.prompt, config.model.max_length,
                      resolve_device(config.run.device))
+    torch.manual_seed(seed)
     set_mode(pm, mode, config.lora)
     return pm
+
+
+def method_mode(method: str) -> str:
+    """What ``method`` trains: every parameter for FP-FL, LoRA adapters otherwise."""
+    return "full" if method.startswith("fp-fl") else "lora"
+
+
+def method_strategy(config: RunConfig, method: str, seed: int) -> FedAvg:
+    """The strategy (sampling and per-round task settings) of a federated ``method``."""
+    per_round = 1 if method.startswith("centralized") else config.federation.clients_per_round
+    return FedAvg(per_round, seed, round_settings(config, method, seed))
 
 
 def round_settings(config: RunConfig, method: str, seed: int) -> Callable[[int], dict[str, Any]]:
@@ -122,14 +143,14 @@ def _soft_accuracy(updates: list[ClientUpdate]) -> float | None:
     return sum(u.metrics.get("soft_label_correct", 0.0) for u in updates) / checked
 
 
-def run_federated(config: RunConfig, method: str, seed: int, data: FederatedData,
-                  progress: Progress = print_progress) -> dict[str, Any]:
-    """LP-FL, FP-FL or centralized training (with or without soft labels) for one seed."""
+def federate(config: RunConfig, method: str, seed: int, data: FederatedData,
+             progress: Progress = print_progress,
+             ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """LP-FL, FP-FL or centralized training for one seed: its record and final global state."""
     centralized = method.startswith("centralized")
-    pm = fresh_prompt_model(config, "full" if method.startswith("fp-fl") else "lora")
+    pm = fresh_prompt_model(config, method_mode(method), seed)
     clients = {c.client_id: c for c in _clients(config, pm, data, centralized)}
-    strategy = FedAvg(config.federation.clients_per_round if not centralized else 1, seed,
-                      round_settings(config, method, seed))
+    strategy = method_strategy(config, method, seed)
     evaluate = Evaluator(data, config.run.eval_batch_size)
     global_state = trainable_state(pm)
     encoding = "fp32"
@@ -156,17 +177,18 @@ def run_federated(config: RunConfig, method: str, seed: int, data: FederatedData
                  f"accuracy {acc:.3f}, loss {record['train_loss']:.3f}, "
                  f"soft labels {record['soft_labels_added']}, uplink {uplink:,} B "
                  f"({record['seconds']:.1f} s)")
-    return {"method": method, "seed": seed, "final_accuracy": rounds[-1]["accuracy"],
-            "lr": config.federation.lr_for(method),
-            "trainable_parameters": sum(t.numel() for t in global_state.values()),
-            "rounds": rounds}
+    run = {"method": method, "seed": seed, "final_accuracy": rounds[-1]["accuracy"],
+           "lr": config.federation.lr_for(method),
+           "trainable_parameters": sum(t.numel() for t in global_state.values()),
+           "rounds": rounds}
+    return run, global_state
 
 
 def run_zero_shot(config: RunConfig, seed: int, data: FederatedData,
                   progress: Progress = print_progress) -> dict[str, Any]:
     """The prompt alone, raw and median-calibrated on the clients' unlabeled text."""
     started = time.perf_counter()
-    pm = fresh_prompt_model(config, "frozen")
+    pm = fresh_prompt_model(config, "frozen", seed)
     batch = config.run.eval_batch_size
     logits = pm.score([e.text for e in data.test], batch)
     labels = [e.label for e in data.test]
@@ -186,10 +208,9 @@ def run_zero_shot(config: RunConfig, seed: int, data: FederatedData,
 def run_method(config: RunConfig, method: str, seed: int, data: FederatedData,
                progress: Progress = print_progress) -> dict[str, Any]:
     """One method for one seed; the dict is one entry of ``results.json``'s ``runs``."""
-    torch.manual_seed(seed)
     if method == "zero-shot":
         return run_zero_shot(config, seed, data, progress)
-    return run_federated(config, method, seed, data, progress)
+    return federate(config, method, seed, data, progress)[0]
 
 
 def federated_data(config: RunConfig, seed: int) -> FederatedData:
