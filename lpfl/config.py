@@ -1,7 +1,8 @@
 """Run configuration: one frozen dataclass per stage, validated on construction.
 
 A run file is TOML with one table per stage (``[model]``, ``[prompt]``, ``[lora]``,
-``[soft_labels]``, ``[data]``, ``[federation]``, ``[run]``). Keys may be written with dashes or
+``[soft_labels]``, ``[data]``, ``[federation]``, ``[run]``), plus an optional ``[server]`` table
+that only ``lpfl server`` reads (:mod:`lpfl.transport_config`). Keys may be written with dashes or
 underscores. Any value can be overridden from the command line with ``--set section.key=value``
 (the value is parsed as TOML, so ``--set federation.rounds=3`` and
 ``--set run.methods='["lp-fl"]'`` both work). Every problem is reported as a :class:`ConfigError`
@@ -364,6 +365,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunCo
             table = tomllib.loads(p.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    table.pop("server", None)  # read by `lpfl server` (lpfl.transport_config), not by a run
     try:
         return config_from_dict(table, overrides)
     except ConfigError as exc:

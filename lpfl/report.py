@@ -18,6 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 Run = Mapping[str, Any]
 
@@ -81,6 +82,7 @@ def plot_accuracy(runs: Sequence[Run], path: Path) -> None:
         xs, ys = _mean_curve(group, "accuracy")
         ax.plot(xs, ys, marker="o", label=method)
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test accuracy (mean over seeds)")
     ax.set_title("Accuracy per round")
     ax.grid(alpha=0.3)
@@ -98,6 +100,7 @@ def plot_bytes(runs: Sequence[Run], path: Path) -> None:
             ax.plot(xs, ys, marker="o", label=f"{method} uplink")
     ax.set_yscale("log")
     ax.set_xlabel("round")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("bytes sent by clients per round")
     ax.set_title("Uplink traffic per round (log scale)")
     ax.grid(alpha=0.3, which="both")

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 from lpfl import protocol, wire
 from lpfl.errors import ConfigError, LpflError
@@ -50,8 +51,6 @@ Evaluate = Callable[[int, Mapping[str, torch.Tensor]], Mapping[str, float]]
 split, say). Runs in a worker thread after each round."""
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
-_MAX_QUEUE = 4
-"""Frames websockets buffers per connection before it stops reading from the socket."""
 _CLOSE_TIMEOUT_S = 5.0
 
 
@@ -97,8 +96,9 @@ class AggregatorServer:
     The model-specific parts are injected, so the server runs without any real model: the
     ``strategy`` (sampling, settings, aggregation), the ``initial_state`` (ignored when resuming),
     ``evaluate`` and the ``results`` writer. ``tokens`` maps client ids to their secrets.
-    With ``resume``, the run continues after the last round in ``run_dir``'s checkpoint; without
-    it, an existing checkpoint is refused rather than overwritten.
+    With ``resume``, the run continues after the last round in ``run_dir``'s checkpoint (global
+    state, history, and this process's torch RNG state are restored); without it, an existing
+    checkpoint is refused rather than overwritten.
     """
 
     def __init__(
@@ -151,13 +151,18 @@ class AggregatorServer:
             return RunOutcome(True, "already finished", self.machine.global_state, self.history)
         ssl = (server_ssl_context(self.settings.certfile, self.settings.keyfile)
                if self.settings.tls else None)
-        async with serve(
+        listener = serve(
             self._handle, self.settings.host, self.settings.port, ssl=ssl,
-            process_request=self._authenticate, compression=None,
-            max_size=wire.MAX_FRAME_BYTES, max_queue=_MAX_QUEUE,
-            ping_interval=self.settings.ping_interval_s,
+            process_request=self._admit, compression=None, max_size=0,
+            max_queue=wire.MAX_QUEUED_FRAMES, ping_interval=self.settings.ping_interval_s,
             create_connection=MeteredServerConnection,
-        ) as server:
+        )
+        try:
+            await listener
+        except OSError as exc:
+            raise LpflError(f"cannot listen on {self.settings.host}:{self.settings.port}: "
+                            f"{exc.strerror or exc}") from None
+        async with listener as server:
             self.port = server.sockets[0].getsockname()[1]
             logger.info("serving %s://%s:%d, round %d of %d",
                         "wss" if ssl else "ws", self.settings.host, self.port, self.machine.round,
@@ -180,7 +185,20 @@ class AggregatorServer:
 
     # Connections
 
+    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Authenticate the upgrade request; only then allow frames of up to
+        :data:`wire.MAX_FRAME_BYTES`. Until then the connection's limit is 0 bytes, so frames a
+        peer pipelines behind its request are refused unread (websockets parses buffered data as
+        soon as the request is in, before this hook runs)."""
+        response = self._authenticate(connection, request)
+        if response is None:
+            # websockets 17 keeps the limit here; serve()'s max_size only sets its initial value.
+            connection.protocol.max_message_size = wire.MAX_FRAME_BYTES
+        return response
+
     async def _handle(self, ws: ServerConnection) -> None:
+        """One connection's life: hello, register, serve; on the way out, account its bytes and
+        tell the machine the client left (unless a newer connection replaced it)."""
         assert isinstance(ws, MeteredServerConnection) and ws.request is not None
         client_id = ws.request.headers[wire.CLIENT_ID_HEADER]
         session = _Session(client_id, ws, self._limits)
@@ -225,6 +243,7 @@ class AggregatorServer:
         return None
 
     def _register(self, session: _Session, hello: wire.Hello) -> None:
+        """Make ``session`` the client's connection, closing an older one, and tell the machine."""
         cid = session.client_id
         old = self._sessions.get(cid)
         self._sessions[cid] = session
@@ -330,6 +349,7 @@ class AggregatorServer:
     # Machine actions
 
     def _apply(self, actions: list[protocol.Action]) -> None:
+        """Carry out the machine's actions in order; none of them blocks."""
         for action in actions:
             if isinstance(action, protocol.Send):
                 session = self._sessions.get(action.client_id)
@@ -372,7 +392,8 @@ class AggregatorServer:
             window, self._window = self._window, {}
             seconds = time.monotonic() - (self._round_started or time.monotonic())
             self._round_started = None
-            record = _round_record(closed, dict(metrics), window, seconds)
+            metrics = {str(k): float(v) for k, v in metrics.items()}
+            record = _round_record(closed, metrics, window, seconds)
             self.history.append(record)
             checkpoint = Checkpoint(closed.round, closed.global_state, list(self.history),
                                     torch.get_rng_state().numpy().tobytes())

@@ -29,8 +29,8 @@ MIN_TOKEN_CHARS = 16
 
 
 def make_tokens(client_ids: Iterable[str]) -> dict[str, str]:
-    """A fresh random token for each client id (for a tokens file)."""
-    return {cid: secrets.token_urlsafe(24) for cid in client_ids}
+    """A fresh random token (192 bits, hex: safe on any command line) for each client id."""
+    return {cid: secrets.token_hex(24) for cid in client_ids}
 
 
 def load_tokens(path: str | Path) -> dict[str, str]:

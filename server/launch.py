@@ -76,12 +76,14 @@ def launch(config_path: Path, clients: int, out: Path, timeout_s: float = 3600.0
     tokens_file.write_text(json.dumps(tokens), encoding="utf-8")
     tokens_file.chmod(0o600)
     port = free_port()
+    # Round 1 waits for every launched client, so sampling matches `lpfl simulate`.
     settings = [f"server.port={port}", f"server.run_dir='{out}'",
-                f"server.tokens_file='{tokens_file}'"]
+                f"server.tokens_file='{tokens_file}'", f"server.round.min_clients={clients}"]
     cli = [sys.executable, "-m", "lpfl.cli"]
     set_args = [arg for s in settings for arg in ("--set", s)]
     results = out / "results.json"
-    results.unlink(missing_ok=True)
+    for stale in (results, out / "checkpoint.safetensors"):  # a launch is always a fresh run
+        stale.unlink(missing_ok=True)
     with (out / "server.log").open("wb") as server_log:
         server = subprocess.Popen([*cli, "server", "--config", str(config_path), *set_args],
                                   stdout=server_log, stderr=subprocess.STDOUT)

@@ -14,7 +14,8 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 from lpfl.config import RunConfig
 from lpfl.report import human_bytes
@@ -64,6 +65,7 @@ def _plot(rounds: list[dict[str, Any]], fp_update: int, path: Path) -> None:
     acc_ax.plot(xs, [r["eval_metrics"].get("accuracy", float("nan")) for r in rounds],
                 marker="o")
     acc_ax.set_xlabel("round")
+    acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     acc_ax.set_ylabel("test accuracy")
     acc_ax.grid(alpha=0.3)
     bytes_ax.plot(xs, [r["wire_uplink_bytes"] for r in rounds], marker="o",
@@ -72,6 +74,7 @@ def _plot(rounds: list[dict[str, Any]], fp_update: int, path: Path) -> None:
                        for r in rounds], marker="s", label="FP-FL uplink (payload)")
     bytes_ax.set_yscale("log")
     bytes_ax.set_xlabel("round")
+    bytes_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     bytes_ax.set_ylabel("bytes per round")
     bytes_ax.legend(fontsize=8)
     bytes_ax.grid(alpha=0.3, which="both")

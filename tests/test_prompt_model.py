@@ -45,7 +45,7 @@ def test_long_texts_are_cut_but_the_pattern_survives() -> None:
 
 
 def test_bad_prompt_settings_are_model_errors() -> None:
-    with pytest.raises(ModelError, match="single token|not in this tokenizer"):
+    with pytest.raises(ModelError, match=r"single token|not in this tokenizer"):
         make(prompt=PromptSettings(label_words=(" terrible", " zzqxj")))
     with pytest.raises(ModelError, match=r"\[MASK\]"):
         make("tiny-bert", PromptSettings(label_words=("terrible", "great")))

@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lpfl import protocol as p
 from lpfl import wire
@@ -226,10 +228,11 @@ def test_resumed_machine_starts_at_the_next_round_and_a_finished_one_says_bye() 
     assert phase(done) is p.Phase.FINISHED
 
 
-def test_failures_from_old_rounds_and_unknown_leavers_change_nothing() -> None:
+def test_failures_from_old_rounds_other_reports_and_unknown_leavers_change_nothing() -> None:
     m = machine(rounds=2, per_round=1)
     join(m, "c1")
     assert m.handle(p.ClientFailed(wire.Error(7, "c1", wire.E_TRAINING_FAILED, ""))) == []
+    assert m.handle(p.ClientFailed(wire.Error(1, "c1", wire.E_BAD_FRAME, "junk"))) == []
     assert m.handle(p.ClientLeft("ghost")) == []
     assert phase(m) is p.Phase.TRAINING
 
@@ -252,3 +255,29 @@ def test_rules_reject_bad_values(rules: dict[str, Any]) -> None:
 def test_machine_refuses_an_empty_state() -> None:
     with pytest.raises(ConfigError, match="empty"):
         p.RoundMachine(FedAvg(1, 0, settings_for), {}, p.RoundRules(), 1)
+
+
+VALID_PAYLOAD = encode_tensors(state(0.25))
+
+
+@given(st.one_of(
+    st.binary(max_size=400),
+    st.builds(lambda edits: bytes(_edit(VALID_PAYLOAD, edits)),
+              st.lists(st.tuples(st.integers(0, len(VALID_PAYLOAD) - 1), st.integers(0, 255)),
+                       min_size=1, max_size=6)),
+))
+@settings(max_examples=300, deadline=None)
+def test_fuzzed_update_payloads_get_an_ack_or_an_error_never_an_exception(payload: bytes) -> None:
+    m = machine(rounds=1, per_round=2)
+    join(m, "c1", "c2")
+    actions = m.handle(p.UpdateReceived(wire.Update(1, "c1", payload, 3)))
+    replies = {type(a.message) for a in actions if isinstance(a, p.Send)}
+    assert replies in ({wire.Ack}, {wire.Error})
+    only(m.handle(update("c2", 1, 1.0)), p.RoundClosed)
+
+
+def _edit(data: bytes, edits: list[tuple[int, int]]) -> bytearray:
+    out = bytearray(data)
+    for position, value in edits:
+        out[position] = value
+    return out

@@ -1,0 +1,126 @@
+"""Whole runs of the aggregator and edge clients in one event loop, with the fake trainer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lpfl import wire
+from lpfl.edge_client.connection import EdgeClient
+from lpfl.errors import ConfigError
+from lpfl.server.app import RunOutcome
+from lpfl.server.auth import make_tokens
+from lpfl.server.checkpoint import load_checkpoint
+from lpfl.server.results import RoundRecord
+from tests import fake_federation as ff
+
+IDS = ["c-1", "c-2", "c-3"]
+
+
+def test_run_matches_in_process_fedavg_and_records_every_round(tmp_path: Path) -> None:
+    run = asyncio.run(ff.run_in_process(tmp_path, IDS, rounds=3, clients_per_round=2,
+                                        min_clients=3))
+    assert run.outcome.completed
+    expected = ff.reference_state(IDS, rounds=3, clients_per_round=2)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(run.outcome.global_state[name], tensor)
+    assert run.client_rounds == {"c-1": 1, "c-2": 3, "c-3": 2}  # who FedAvg sampled when
+
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.safetensors")
+    assert checkpoint.round == 3
+    for name, tensor in expected.items():
+        torch.testing.assert_close(checkpoint.global_state[name], tensor)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["round"] for r in results["rounds"]] == [1, 2, 3]
+    assert [r.round for r in checkpoint.rounds] == [1, 2, 3]
+    for document in results["rounds"]:
+        record = RoundRecord.from_dict(document)
+        assert record.to_dict() == document
+        assert set(record.eval_metrics) == {"mean"}
+        updated = [c for c in record.clients if c.status == "updated"]
+        assert len(updated) == 2
+        for c in updated:
+            assert c.num_examples == 10 + ff.client_index(c.client_id)
+            assert c.wire_uplink_bytes > c.payload_uplink_bytes > 0
+            assert c.wire_downlink_bytes > c.payload_downlink_bytes > 0
+        assert document["wire_uplink_bytes"] == sum(c.wire_uplink_bytes for c in record.clients)
+
+
+def test_wire_bytes_per_client_add_up_to_what_the_client_counted(tmp_path: Path) -> None:
+    async def scenario() -> tuple[ff.InProcessRun, dict[str, EdgeClient]]:
+        tokens = make_tokens(IDS[:2])
+        server = ff.make_server(tmp_path, tokens, rounds=2, clients_per_round=2)
+        serving = asyncio.create_task(server.run())
+        await server.started.wait()
+        clients = {cid: ff.client(server, cid, tokens[cid]) for cid in tokens}
+        rounds = await asyncio.gather(*(c.run() for c in clients.values()))
+        outcome = await serving
+        return ff.InProcessRun(server, outcome, dict(zip(clients, rounds, strict=True))), clients
+
+    run, clients = asyncio.run(scenario())
+    for cid, edge in clients.items():
+        rows = [c for r in run.outcome.rounds for c in r.clients if c.client_id == cid]
+        up = sum(c.wire_uplink_bytes for c in rows)
+        down = sum(c.wire_downlink_bytes for c in rows)
+        # Only the bye and the closing handshake come after the last round closed.
+        assert 0 <= edge.wire_bytes_out - up <= 64
+        assert 0 <= edge.wire_bytes_in - down <= 400
+        assert up > sum(c.payload_uplink_bytes for c in rows) > 0
+
+
+def test_lora_sized_update_has_under_two_percent_wire_overhead(tmp_path: Path) -> None:
+    """An fp16 update of SmolLM2's LoRA size (460,800 parameters) in chunked frames."""
+    lora = {f"layer{i}.lora_A": torch.zeros(8, 576) for i in range(50)}
+    lora.update({f"layer{i}.lora_B": torch.zeros(576, 8) for i in range(50)})
+    assert sum(t.numel() for t in lora.values()) == 460_800
+
+    run = asyncio.run(ff.run_in_process(tmp_path, ["c-1"], rounds=2, clients_per_round=1,
+                                        initial=lora, update_encoding="fp16"))
+    assert run.outcome.completed and len(run.outcome.rounds) == 2
+    for record in run.outcome.rounds:
+        (row,) = record.clients
+        assert row.payload_uplink_bytes > 900_000
+        overhead = row.wire_uplink_bytes / row.payload_uplink_bytes - 1
+        assert 0 < overhead < 0.02, overhead
+        assert row.wire_downlink_bytes / row.payload_downlink_bytes - 1 < 0.02
+
+
+def test_trainer_failure_becomes_an_error_and_the_round_goes_on(tmp_path: Path) -> None:
+    trainers = {"c-3": ff.FakeTrainer("c-3", fail_rounds=frozenset({1}))}
+    run = asyncio.run(ff.run_in_process(tmp_path, IDS, rounds=2, clients_per_round=3,
+                                        trainers=trainers))
+    assert run.outcome.completed
+    first = {c.client_id: c for c in run.outcome.rounds[0].clients}
+    assert first["c-3"].status == "failed"
+    assert first["c-3"].code == wire.E_TRAINING_FAILED
+    assert {c.status for c in run.outcome.rounds[1].clients} == {"updated"}
+    assert run.client_rounds == {"c-1": 2, "c-2": 2, "c-3": 1}
+
+
+def test_an_existing_checkpoint_is_not_overwritten_without_resume(tmp_path: Path) -> None:
+    asyncio.run(ff.run_in_process(tmp_path, ["c-1"], rounds=1, clients_per_round=1))
+
+    async def fresh() -> None:
+        ff.make_server(tmp_path, make_tokens(["c-1"]), rounds=1, clients_per_round=1)
+
+    with pytest.raises(ConfigError, match="--resume"):
+        asyncio.run(fresh())
+
+
+def test_resuming_a_finished_run_returns_at_once(tmp_path: Path) -> None:
+    first = asyncio.run(ff.run_in_process(tmp_path, ["c-1"], rounds=2, clients_per_round=1))
+
+    async def resume() -> RunOutcome:
+        server = ff.make_server(tmp_path, make_tokens(["c-1"]), rounds=2, clients_per_round=1,
+                                resume=True)
+        return await server.run()
+
+    outcome = asyncio.run(resume())
+    assert outcome.completed
+    assert [r.round for r in outcome.rounds] == [1, 2]
+    for name, tensor in first.outcome.global_state.items():
+        torch.testing.assert_close(outcome.global_state[name], tensor)
