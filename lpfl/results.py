@@ -20,19 +20,30 @@ from typing import Any
 from lpfl.errors import LpflError
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Replace ``path`` with ``payload`` as JSON, atomically (temp file + fsync + rename)."""
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` so that a crash leaves the old or the new file, never half
+    of one: write a temporary file beside it, fsync, rename, fsync the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", dir=path.parent)
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=1, allow_nan=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        Path(temp).unlink(missing_ok=True)
         raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Replace ``path`` with ``payload`` as JSON, atomically (see :func:`write_atomically`)."""
+    write_atomically(path, json.dumps(payload, indent=1).encode("utf-8"))
 
 
 class ResultsFile:

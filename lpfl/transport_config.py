@@ -23,16 +23,14 @@ the run config's.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import tomllib
-import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from lpfl.config import RunConfig, config_from_dict, parse_override
+from lpfl.config import RunConfig, build_section, config_from_dict, parse_override
 from lpfl.errors import ConfigError
 from lpfl.protocol import RoundRules
 
@@ -78,37 +76,9 @@ class ServerSettings:
         return bool(self.certfile)
 
 
-T = TypeVar("T")
-_KINDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-
-
-def _build(cls: type[T], table: Mapping[str, Any], where: str) -> T:
-    """A dataclass of scalar fields (and nested dataclasses) from a TOML table, type-checked."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    kwargs: dict[str, Any] = {}
-    for raw_key, value in table.items():
-        key = raw_key.replace("-", "_")
-        if key not in names:
-            known = ", ".join(sorted(n.replace("_", "-") for n in names))
-            raise ConfigError(f"unknown key {where}.{raw_key}; known: {known}")
-        kind = hints[key]
-        if dataclasses.is_dataclass(kind):
-            if not isinstance(value, Mapping):
-                raise ConfigError(f"{where}.{raw_key} must be a table, got {value!r}")
-            kwargs[key] = _build(typing.cast(type, kind), value, f"{where}.{raw_key}")
-        elif kind is float and isinstance(value, int | float) and not isinstance(value, bool):
-            kwargs[key] = float(value)
-        elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-            kwargs[key] = value
-        else:
-            raise ConfigError(f"{where}.{raw_key} must be {_KINDS.get(kind, kind)}, got {value!r}")
-    return cls(**kwargs)
-
-
 def server_settings_from_dict(table: Mapping[str, Any]) -> ServerSettings:
     """Build and validate :class:`ServerSettings` from the ``[server]`` table."""
-    return _build(ServerSettings, table, "server")
+    return build_section(ServerSettings, table, "server")
 
 
 def load_server_config(

@@ -19,8 +19,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
 from lpfl.errors import ConfigError
+from lpfl.results import write_atomically
 
-from .results import RoundRecord, write_atomically
+from .results import RoundRecord
 
 _KEY = "lpfl.checkpoint"
 FORMAT_VERSION = 1
