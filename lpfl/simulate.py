@@ -95,17 +95,18 @@ def round_settings(config: RunConfig, method: str, seed: int) -> Callable[[int],
     soft = not method.endswith("-no-soft")
     schedule = config.soft_labels
     fed = config.federation
-    scale = 1
-    if method.startswith("centralized"):
-        scale = fed.clients_per_round
+    # Centralized training does the whole federation's steps and holds every client's soft labels.
+    centralized = method.startswith("centralized")
+    steps = fed.local_steps * (fed.clients_per_round if centralized else 1)
+    soft_scale = config.data.num_clients if centralized else 1
 
     def settings(round_number: int) -> dict[str, Any]:
         budget = schedule.budget(round_number) if soft else 0
         return {
-            "seed": seed, "local_steps": fed.local_steps * scale,
+            "seed": seed, "local_steps": steps,
             "batch_size": fed.batch_size, "lr": fed.lr_for(method),
             "weight_decay": fed.weight_decay,
-            "soft_label_budget": budget * (config.data.num_clients if scale > 1 else 1),
+            "soft_label_budget": budget * soft_scale,
             "soft_label_threshold": schedule.threshold,
             "soft_label_balanced": schedule.balanced, "soft_label_weight": schedule.weight,
             "soft_label_loss": schedule.loss,

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from lpfl.simulate import federated_data, run_method
+from lpfl.simulate import federated_data, round_settings, run_method
 from tests.conftest import tiny_config
 
 
@@ -44,3 +44,13 @@ def test_zero_shot_reports_raw_and_calibrated(toy_csv: Path) -> None:
     run = run_method(config, "zero-shot", 0, federated_data(config, 0), progress=quiet)
     assert 0.0 <= run["raw_accuracy"] <= 1.0 and run["final_accuracy"] == run[
         "calibrated_accuracy"]
+
+
+def test_centralized_gets_the_whole_federations_steps_and_soft_labels() -> None:
+    config = tiny_config(federation={"clients_per_round": 2, "local_steps": 3},
+                         soft_labels={"growth": 5, "start_round": 1})
+    fed = round_settings(config, "lp-fl", 0)(2)
+    central = round_settings(config, "centralized", 0)(2)
+    assert (fed["local_steps"], fed["soft_label_budget"]) == (3, 10)
+    assert (central["local_steps"], central["soft_label_budget"]) == (6, 20)
+    assert round_settings(config, "centralized-no-soft", 0)(2)["soft_label_budget"] == 0
