@@ -278,6 +278,9 @@ class AggregatorServer:
                 self._send(session, wire.Error.of(self.machine.round, session.client_id,
                                                   wire.E_UNEXPECTED,
                                                   f"a client may not send {message.TYPE} now"))
+            # An update is folded in already: holding it while this client idles until the next
+            # round would keep one payload alive per connection (memory O(clients)).
+            del message
 
     async def _frame(self, session: _Session) -> bytes:
         data = await session.ws.recv()
