@@ -21,7 +21,6 @@ import dataclasses
 import logging
 import platform
 import statistics
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,14 @@ from typing import Any
 
 import torch
 
-from lpfl.config import METHODS, PARTITIONS, RunConfig, build_section, config_from_dict
+from lpfl.config import (
+    METHODS,
+    PARTITIONS,
+    RunConfig,
+    build_section,
+    config_from_dict,
+    read_toml,
+)
 from lpfl.errors import ConfigError
 from lpfl.report import mean_std
 from lpfl.results import ResultsFile
@@ -66,9 +72,7 @@ class BenchSettings:
 
 def load_bench(path: Path, overrides: Sequence[str] = ()) -> tuple[RunConfig, BenchSettings]:
     """Read a benchmark TOML file: the run sections plus a ``[bench]`` table."""
-    if not path.is_file():
-        raise ConfigError(f"benchmark file {path} does not exist")
-    table = tomllib.loads(path.read_text(encoding="utf-8"))
+    table = read_toml(path)
     bench = build_section(BenchSettings, table.pop("bench", {}), "bench")
     return config_from_dict(table, overrides), bench
 

@@ -354,17 +354,20 @@ def config_from_dict(table: Mapping[str, Any], overrides: Sequence[str] = ()) ->
     return build_section(RunConfig, merged, "")
 
 
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file as a dict; a missing or malformed file is a ConfigError naming it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist")
+    try:
+        return tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+
+
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
     """Load a TOML run file (or the defaults when ``path`` is None) and apply overrides."""
-    table: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} does not exist")
-        try:
-            table = tomllib.loads(p.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    table = read_toml(path) if path is not None else {}
     table.pop("server", None)  # read by `lpfl server` (lpfl.transport_config), not by a run
     try:
         return config_from_dict(table, overrides)

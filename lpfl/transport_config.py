@@ -24,13 +24,12 @@ the run config's.
 from __future__ import annotations
 
 import math
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lpfl.config import RunConfig, build_section, config_from_dict, parse_override
+from lpfl.config import RunConfig, build_section, config_from_dict, parse_override, read_toml
 from lpfl.errors import ConfigError
 from lpfl.protocol import RoundRules
 
@@ -86,13 +85,7 @@ def load_server_config(
 ) -> tuple[RunConfig, ServerSettings]:
     """Read a run file's :class:`RunConfig` and its ``[server]`` table, applying ``--set``
     overrides (``server.*`` keys go to the server settings, the rest to the run config)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist")
-    try:
-        table = tomllib.loads(p.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    table = read_toml(path)
     server_table = dict(table.pop("server", {}))
     run_overrides = []
     for text in overrides:
@@ -108,4 +101,4 @@ def load_server_config(
     try:
         return config_from_dict(table, run_overrides), server_settings_from_dict(server_table)
     except ConfigError as exc:
-        raise ConfigError(f"{p}: {exc}") from None
+        raise ConfigError(f"{path}: {exc}") from None
