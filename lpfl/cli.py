@@ -101,6 +101,9 @@ def _add_network_commands(sub: Any) -> None:
     launch.add_argument("--clients", type=int, default=3, help="number of client processes")
     launch.add_argument("--out", type=Path, required=True, help="output folder")
     launch.set_defaults(func=cmd_launch)
+    from lpfl.server.field import cli as field_cli
+
+    field_cli.add_parser(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,7 +34,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_for_port(port: int, server: subprocess.Popen[bytes], timeout_s: float) -> None:
+def wait_for_port(port: int, server: subprocess.Popen[bytes], timeout_s: float) -> None:
+    """Block until the server process listens on ``port`` (or fails, or time runs out)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -47,7 +48,8 @@ def _wait_for_port(port: int, server: subprocess.Popen[bytes], timeout_s: float)
     raise LpflError(f"the server did not listen on port {port} within {timeout_s:.0f} s")
 
 
-def _rounds(results: Path) -> list[dict[str, Any]]:
+def read_rounds(results: Path) -> list[dict[str, Any]]:
+    """The rounds the server has recorded so far (none while its file does not exist yet)."""
     try:
         rounds: list[dict[str, Any]] = json.loads(results.read_text(encoding="utf-8"))["rounds"]
     except (FileNotFoundError, json.JSONDecodeError, KeyError):
@@ -63,65 +65,84 @@ def round_line(record: dict[str, Any], total: int) -> str:
             f"({overhead:+.1%} over payload), {record['seconds']:.1f} s")
 
 
+def prepare_run_dir(out: Path, client_ids: list[str]) -> tuple[dict[str, str], Path]:
+    """A fresh run folder: stale results and checkpoint removed, a private tokens file written.
+
+    Returns the tokens and the tokens file's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in (out / "results.json", out / "checkpoint.safetensors"):
+        stale.unlink(missing_ok=True)
+    tokens = make_tokens(client_ids)
+    tokens_file = out / "tokens.json"
+    tokens_file.write_text(json.dumps(tokens), encoding="utf-8")
+    tokens_file.chmod(0o600)
+    return tokens, tokens_file
+
+
+def watch_rounds(server: subprocess.Popen[bytes], results: Path, total: int,
+                 timeout_s: float) -> None:
+    """Print a line per recorded round until the server exits; raise if it fails or hangs."""
+    seen = 0
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for record in read_rounds(results)[seen:]:
+            print(round_line(record, total), flush=True)
+            seen += 1
+        if server.poll() is not None:
+            break
+        if time.monotonic() > deadline:
+            raise LpflError(f"the run took longer than {timeout_s:.0f} s")
+        time.sleep(0.5)
+    if server.returncode != 0:
+        raise LpflError(f"the server exited with code {server.returncode}; see "
+                        f"{results.parent / 'server.log'}")
+
+
+def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Terminate whatever still runs, then kill what does not stop within 30 s."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def launch(config_path: Path, clients: int, out: Path, timeout_s: float = 3600.0) -> Path:
     """Run a whole federation as processes; returns the report's path."""
     config, server_settings = load_server_config(config_path)
     if clients > config.data.num_clients:
         raise LpflError(f"--clients {clients} exceeds data.num_clients="
                         f"{config.data.num_clients}; raise it with --set data.num_clients=N")
-    out.mkdir(parents=True, exist_ok=True)
     ids = [f"client-{i}" for i in range(clients)]
-    tokens = make_tokens(ids)
-    tokens_file = out / "tokens.json"
-    tokens_file.write_text(json.dumps(tokens), encoding="utf-8")
-    tokens_file.chmod(0o600)
+    tokens, tokens_file = prepare_run_dir(out, ids)
     port = free_port()
     # Round 1 waits for every launched client, so sampling matches `lpfl simulate`.
     settings = [f"server.port={port}", f"server.run_dir='{out}'",
                 f"server.tokens_file='{tokens_file}'", f"server.round.min_clients={clients}"]
     cli = [sys.executable, "-m", "lpfl.cli"]
     set_args = [arg for s in settings for arg in ("--set", s)]
-    results = out / "results.json"
-    for stale in (results, out / "checkpoint.safetensors"):  # a launch is always a fresh run
-        stale.unlink(missing_ok=True)
     with (out / "server.log").open("wb") as server_log:
         server = subprocess.Popen([*cli, "server", "--config", str(config_path), *set_args],
                                   stdout=server_log, stderr=subprocess.STDOUT)
-        procs = []
+        procs: list[subprocess.Popen[bytes]] = []
         try:
-            _wait_for_port(port, server, timeout_s=300)
+            wait_for_port(port, server, timeout_s=300)
             for cid in ids:
                 env = {**os.environ, "LPFL_TOKEN": tokens[cid]}
-                log_file = (out / f"{cid}.log").open("wb")
-                procs.append(subprocess.Popen(
-                    [*cli, "client", "--server", f"ws://127.0.0.1:{port}", "--client-id", cid,
-                     "--config", str(config_path)], stdout=log_file, stderr=subprocess.STDOUT,
-                    env=env))
+                with (out / f"{cid}.log").open("wb") as log_file:
+                    procs.append(subprocess.Popen(
+                        [*cli, "client", "--server", f"ws://127.0.0.1:{port}", "--client-id",
+                         cid, "--config", str(config_path)], stdout=log_file,
+                        stderr=subprocess.STDOUT, env=env))
             print(f"server on ws://127.0.0.1:{port}, {clients} clients; logs in {out}",
                   flush=True)
-            seen = 0
-            deadline = time.monotonic() + timeout_s
-            while server.poll() is None:
-                if time.monotonic() > deadline:
-                    raise LpflError(f"the run took longer than {timeout_s:.0f} s")
-                for record in _rounds(results)[seen:]:
-                    print(round_line(record, config.federation.rounds), flush=True)
-                    seen += 1
-                time.sleep(0.5)
-            for record in _rounds(results)[seen:]:
-                print(round_line(record, config.federation.rounds), flush=True)
-            if server.returncode != 0:
-                raise LpflError(f"the server exited with code {server.returncode}; see "
-                                f"{out / 'server.log'}")
+            watch_rounds(server, out / "results.json", config.federation.rounds, timeout_s)
         finally:
-            for proc in [*procs, server]:
-                if proc.poll() is None:
-                    proc.terminate()
-            for proc in [*procs, server]:
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_processes([*procs, server])
     from .run_report import write_run_report
 
     return write_run_report(out, config, server_settings.round.update_encoding)

@@ -1,0 +1,84 @@
+"""``lpfl field``: measure LP-FL against FP-FL with real client processes on shaped links.
+
+``lpfl field --config RUN.toml --profiles lte,3g,wifi --clients N --rounds R
+--methods lp-fl,fp-fl --out DIR [--time-budget-s S]`` needs root (namespaces, veth, tc). Without
+it the command says so and exits 2 before creating anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from lpfl.config import METHODS
+from lpfl.errors import LpflError
+
+from .netns import missing_privileges
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add the ``field`` subcommand to an ``argparse`` subparsers object."""
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        "field", help="real clients in network namespaces on shaped links (needs root)",
+        description="Run a server and N client processes, each client in its own network "
+        "namespace behind a tc-shaped veth link and a delay proxy, once per link profile and "
+        "method; write DIR/report.md with plots of bytes, seconds and accuracy.")
+    parser.add_argument("--config", type=Path, required=True, help="TOML run file")
+    parser.add_argument("--links", type=Path, default=Path("configs/links.toml"),
+                        help="TOML link profiles (default configs/links.toml)")
+    parser.add_argument("--profiles", default="lte,3g,wifi",
+                        help="comma-separated profile names (default lte,3g,wifi)")
+    parser.add_argument("--clients", type=int, default=2, help="client processes (default 2)")
+    parser.add_argument("--rounds", type=int, help="rounds per run (default federation.rounds)")
+    parser.add_argument("--methods", default="lp-fl,fp-fl",
+                        help="comma-separated methods (default lp-fl,fp-fl)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--time-budget-s", type=float, default=math.inf,
+                        help="wall-clock budget per FP-FL run: fewer rounds are measured and "
+                        "the rest extrapolated (labelled so)")
+    parser.add_argument("--target-accuracy", type=float,
+                        help="accuracy for the time-to-target figures (default: the lowest of "
+                        "the methods' best accuracies on each profile)")
+    parser.add_argument("--verify-seconds", type=float, default=2.0,
+                        help="length of each shaping check transfer (default 2)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Carry out ``lpfl field``; 2 (with nothing created) when this host cannot shape links."""
+    reason = missing_privileges()
+    if reason:
+        print(f"error: {reason}", file=sys.stderr)
+        return 2
+    from lpfl.transport_config import load_server_config
+
+    from .run import FieldPlan, field
+
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise LpflError(f"--methods: unknown {', '.join(unknown)}")
+    if args.clients < 1:
+        raise LpflError("--clients must be at least 1")
+    rounds = args.rounds
+    if rounds is None:
+        rounds = load_server_config(args.config)[0].federation.rounds
+    plan = FieldPlan(config=args.config, links=args.links,
+                     profiles=[p for p in args.profiles.split(",") if p], clients=args.clients,
+                     rounds=rounds, methods=methods, out=args.out,
+                     time_budget_s=args.time_budget_s, verify_seconds=args.verify_seconds,
+                     target_accuracy=args.target_accuracy)
+    # A plain `kill` should still remove the namespaces: make SIGTERM unwind like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    report = field(plan)
+    print(f"wrote {report}")
+    return 0
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)

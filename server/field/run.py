@@ -1,0 +1,358 @@
+"""``lpfl field``: one federated run per link profile and method, each client a real process in
+its own network namespace behind a shaped veth link and a delay proxy.
+
+Layout of one run (``OUT/<profile>/<method>/``): the server (``lpfl server``) listens on
+127.0.0.1 in the root namespace; client ``i`` runs ``lpfl client`` in namespace ``<prefix>-c<i>``
+and connects to a :class:`~lpfl.server.field.delay_proxy.DelayProxy` on its veth's root end,
+which forwards to the server with half the profile's RTT each way. ``tc tbf`` shapes the veth
+(uplink on the client end, downlink on the root end) and is verified before the runs of a
+profile. The server writes ``results.json`` as in ``lpfl launch``; this module adds
+``field.json``: per round and client the wire bytes, upload/download seconds (timed by the
+proxy), compute seconds, waiting time and the round's wall time and accuracy.
+
+FP-FL moves the whole model every round, which on a slow link takes hours. ``time_budget_s``
+bounds each FP-FL run: it runs as many rounds as the estimated round time fits (none when even
+one does not), and the remaining rounds are extrapolated from the measured ones (or from the
+link rate) and marked ``"extrapolated": true``; their accuracy is never invented.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from lpfl.config import RunConfig
+from lpfl.errors import LpflError
+from lpfl.transport_config import ServerSettings, load_server_config
+
+from ..launch import (
+    free_port,
+    prepare_run_dir,
+    read_rounds,
+    stop_processes,
+    wait_for_port,
+    watch_rounds,
+)
+from ..run_report import full_model_payload
+from .delay_proxy import Chunk, ProxyGroup
+from .netns import ClientLink, Namespaces, NotPermitted, missing_privileges
+from .profiles import LinkProfile, load_profiles
+from .shaping import shape, verify
+
+log = logging.getLogger(__name__)
+
+FULL_MODEL_METHODS = ("fp-fl", "fp-fl-no-soft")
+
+
+@dataclass(frozen=True)
+class FieldPlan:
+    """Everything ``lpfl field`` was asked to do."""
+
+    config: Path
+    links: Path
+    profiles: Sequence[str]
+    clients: int
+    rounds: int
+    methods: Sequence[str]
+    out: Path
+    time_budget_s: float = math.inf
+    run_timeout_s: float = 6 * 3600.0
+    verify_seconds: float = 2.0
+    target_accuracy: float | None = None
+
+
+@dataclass(frozen=True)
+class RoundBudget:
+    """How many rounds of a method to measure, and why."""
+
+    measured: int
+    requested: int
+    estimated_round_s: float
+    note: str
+
+
+def estimate_round_seconds(method: str, profile: LinkProfile, config: RunConfig,
+                           settings: ServerSettings, compute_s: float) -> float:
+    """Physical-limit estimate of one round: global state down, update up, plus compute."""
+    if method not in FULL_MODEL_METHODS:
+        return compute_s + 2 * profile.rtt_ms / 1000
+    down = full_model_payload(config, settings.round.task_encoding)
+    up = full_model_payload(config, settings.round.update_encoding)
+    return (profile.seconds_for(down, "down") + profile.seconds_for(up, "up") + compute_s
+            + 2 * profile.rtt_ms / 1000)
+
+
+def round_budget(method: str, rounds: int, estimate_s: float, budget_s: float) -> RoundBudget:
+    """All ``rounds`` when they fit ``budget_s`` (or the method is not FP-FL), else fewer."""
+    if method not in FULL_MODEL_METHODS or estimate_s * rounds <= budget_s:
+        return RoundBudget(rounds, rounds, estimate_s, "all rounds measured")
+    fits = int(budget_s // estimate_s)
+    note = (f"time budget {budget_s:.0f} s fits {fits} of {rounds} rounds at an estimated "
+            f"{estimate_s:.0f} s each; the other rounds are extrapolated")
+    return RoundBudget(min(fits, rounds), rounds, estimate_s, note)
+
+
+def transfer_seconds(chunks: Sequence[Chunk], window: tuple[int, int],
+                     payload: int) -> float | None:
+    """Seconds the proxy saw a payload's bytes take, within one round's part of a stream.
+
+    ``window`` is the round's byte range of the stream (the server's per-round wire counts,
+    summed), so a round's bytes are found by offset, not guessed from pauses. Inside it, the
+    payload is the shortest run of consecutive chunks that holds ``payload`` bytes: the small
+    messages before and after it (a handshake, the update's ack, a ping) are apart from it in
+    time and only lengthen a run. None when the window holds fewer bytes than the payload.
+    """
+    lo, hi = window
+    picked: list[tuple[Chunk, int]] = []  # chunks in the window, with their bytes inside it
+    offset = 0
+    for chunk in chunks:
+        first, offset = offset, offset + chunk.nbytes
+        if offset > lo and first < hi:
+            picked.append((chunk, min(offset, hi) - max(first, lo)))
+    if payload <= 0 or sum(n for _, n in picked) < payload:
+        return None
+    best = math.inf
+    held, j = 0, 0
+    for i, (chunk, _) in enumerate(picked):  # two pointers: for each start, the shortest end
+        while j < len(picked) and held < payload:
+            held += picked[j][1]
+            j += 1
+        if held < payload:
+            break
+        best = min(best, picked[j - 1][0].end - chunk.start)
+        held -= picked[i][1]
+    return best
+
+
+def field_rows(rounds: Sequence[dict[str, Any]],
+               chunks_by_client: dict[str, dict[str, list[Chunk]]],
+               profile: LinkProfile) -> list[dict[str, Any]]:
+    """Per round: wall time, accuracy, bytes; per client: the seconds of each phase.
+
+    Upload and download seconds are :func:`transfer_seconds` of the payload plus the one-way
+    delay (first byte sent to last byte delivered); waiting is what is left of the round's wall
+    time after download, compute and upload.
+    """
+    delay = profile.one_way_delay_s
+    streamed: dict[tuple[str, str], int] = {}  # bytes of each client's stream before a round
+    rows = []
+    for record in rounds:
+        clients = []
+        for c in record["clients"]:
+            cid = c["client_id"]
+            times = {}
+            for direction in ("up", "down"):
+                wire = c[f"wire_{direction}link_bytes"]
+                lo = streamed.get((cid, direction), 0)
+                streamed[(cid, direction)] = lo + wire
+                seconds = transfer_seconds(chunks_by_client.get(cid, {}).get(direction, []),
+                                           (lo, lo + wire), c[f"payload_{direction}link_bytes"])
+                times[direction] = seconds
+            upload = times["up"] + delay if times["up"] is not None else 0.0
+            download = times["down"] + delay if times["down"] is not None else 0.0
+            m = c.get("metrics", {})
+            compute = float(m.get("compute_seconds", 0.0))
+            clients.append({
+                "client_id": cid, "status": c["status"],
+                "wire_uplink_bytes": c["wire_uplink_bytes"],
+                "wire_downlink_bytes": c["wire_downlink_bytes"],
+                "payload_uplink_bytes": c["payload_uplink_bytes"],
+                "payload_downlink_bytes": c["payload_downlink_bytes"],
+                "upload_seconds": upload, "download_seconds": download,
+                "soft_label_seconds": float(m.get("soft_label_seconds", 0.0)),
+                "train_seconds": float(m.get("train_seconds", 0.0)),
+                "compute_seconds": compute,
+                "wait_seconds": max(record["seconds"] - upload - download - compute, 0.0),
+                "upload_timed": times["up"] is not None,
+                "download_timed": times["down"] is not None})
+        rows.append({"round": record["round"], "seconds": record["seconds"],
+                     "accuracy": record["eval_metrics"].get("accuracy"),
+                     "wire_uplink_bytes": record["wire_uplink_bytes"],
+                     "wire_downlink_bytes": record["wire_downlink_bytes"],
+                     "payload_uplink_bytes": record["payload_uplink_bytes"],
+                     "payload_downlink_bytes": record["payload_downlink_bytes"],
+                     "extrapolated": False, "clients": clients})
+    return rows
+
+
+def extrapolate(rows: list[dict[str, Any]], budget: RoundBudget, profile: LinkProfile,
+                config: RunConfig, settings: ServerSettings, clients: int) -> list[dict[str, Any]]:
+    """Rows for the rounds the budget left out: the mean of the measured rounds, or without
+    any, the physical limit of the full model on the link; accuracy stays unknown (None)."""
+    missing = budget.requested - len(rows)
+    if missing <= 0:
+        return rows
+    keys = ("seconds", "wire_uplink_bytes", "wire_downlink_bytes", "payload_uplink_bytes",
+            "payload_downlink_bytes")
+    if rows:
+        mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
+        client_keys = ("upload_seconds", "download_seconds", "compute_seconds", "wait_seconds",
+                       "soft_label_seconds", "train_seconds")
+        cs = [c for r in rows for c in r["clients"] if c["status"] == "updated"] or [{}]
+        per_client = {k: sum(c.get(k, 0.0) for c in cs) / len(cs) for k in client_keys}
+        basis = "mean of the measured rounds"
+    else:
+        up = full_model_payload(config, settings.round.update_encoding)
+        down = full_model_payload(config, settings.round.task_encoding)
+        delay = profile.one_way_delay_s
+        per_client = {"upload_seconds": profile.seconds_for(up, "up") + delay,
+                      "download_seconds": profile.seconds_for(down, "down") + delay,
+                      "compute_seconds": 0.0, "wait_seconds": 0.0, "soft_label_seconds": 0.0,
+                      "train_seconds": 0.0}
+        mean = {"seconds": budget.estimated_round_s, "wire_uplink_bytes": up * clients,
+                "wire_downlink_bytes": down * clients, "payload_uplink_bytes": up * clients,
+                "payload_downlink_bytes": down * clients}
+        basis = "physical limit of the link (nothing measured)"
+    start = rows[-1]["round"] + 1 if rows else 1
+    extra = [{"round": start + i, **mean, "accuracy": None, "extrapolated": True,
+              "basis": basis, "clients": [{"client_id": "mean", "status": "extrapolated",
+                                           **per_client}]} for i in range(missing)]
+    return rows + extra
+
+
+class FieldRunner:
+    """Runs the plan inside one set of namespaces; one server run per profile and method."""
+
+    def __init__(self, plan: FieldPlan) -> None:
+        self.plan = plan
+        self.config, self.settings = load_server_config(plan.config)
+        if plan.clients > self.config.data.num_clients:
+            raise LpflError(f"--clients {plan.clients} exceeds data.num_clients="
+                            f"{self.config.data.num_clients} in {plan.config}")
+        self.profiles = load_profiles(plan.links, plan.profiles)
+        self.compute_estimate_s = 0.0
+
+    def run(self) -> Path:
+        """Every profile and method; returns the report's path."""
+        from .report import write_field_report
+
+        self.plan.out.mkdir(parents=True, exist_ok=True)
+        written = []
+        with Namespaces(self.plan.clients) as links:
+            for profile in self.profiles:
+                checks = []
+                for link in links:
+                    shape(link, profile)
+                    checks += [asdict(m) | {"client": link.index}
+                               for m in verify(link, profile, seconds=self.plan.verify_seconds)]
+                for method in self.plan.methods:
+                    written.append(self.run_one(links, profile, method, checks))
+        return write_field_report(self.plan.out, self.plan.target_accuracy, written)
+
+    def run_one(self, links: list[ClientLink], profile: LinkProfile, method: str,
+                checks: list[dict[str, Any]]) -> Path:
+        """One server run; writes ``OUT/<profile>/<method>/field.json`` and returns it."""
+        out = self.plan.out / profile.name / method
+        out.mkdir(parents=True, exist_ok=True)
+        estimate = estimate_round_seconds(method, profile, self.config, self.settings,
+                                          self.compute_estimate_s)
+        budget = round_budget(method, self.plan.rounds, estimate, self.plan.time_budget_s)
+        print(f"{profile.name} / {method}: {budget.note}", flush=True)
+        rounds: list[dict[str, Any]] = []
+        chunks: dict[str, dict[str, list[Chunk]]] = {}
+        if budget.measured > 0:
+            rounds, chunks = self._serve(links, profile, method, budget, out)
+        rows = field_rows(rounds, chunks, profile)
+        computes = [c["compute_seconds"] for r in rows for c in r["clients"]
+                    if c["status"] == "updated"]
+        if computes and method not in FULL_MODEL_METHODS:
+            self.compute_estimate_s = max(self.compute_estimate_s, max(computes))
+        rows = extrapolate(rows, budget, profile, self.config, self.settings, self.plan.clients)
+        document = {"profile": asdict(profile), "method": method, "clients": self.plan.clients,
+                    "rounds_requested": budget.requested, "rounds_measured": len(rounds),
+                    "budget_note": budget.note, "shaping_check": checks,
+                    "model": self.config.model.source,
+                    "update_encoding": self.settings.round.update_encoding,
+                    "task_encoding": self.settings.round.task_encoding,
+                    "full_model_update_bytes": full_model_payload(
+                        self.config, self.settings.round.update_encoding),
+                    "proxy_bytes": {cid: {d: sum(c.nbytes for c in cs) for d, cs in by.items()}
+                                    for cid, by in chunks.items()},
+                    "rounds": rows}
+        path = out / "field.json"
+        path.write_text(json.dumps(document, indent=1), encoding="utf-8")
+        return path
+
+    def _serve(self, links: list[ClientLink], profile: LinkProfile, method: str,
+               budget: RoundBudget, out: Path
+               ) -> tuple[list[dict[str, Any]], dict[str, dict[str, list[Chunk]]]]:
+        ids = [f"client-{link.index}" for link in links]
+        tokens, tokens_file = prepare_run_dir(out, ids)
+        port = free_port()
+        deadline_s = max(self.settings.round.deadline_s, 3 * budget.estimated_round_s + 120)
+        settings = [f"server.port={port}", f"server.run_dir='{out}'",
+                    f"server.tokens_file='{tokens_file}'",
+                    f"server.round.min_clients={len(links)}",
+                    f"server.round.deadline_s={deadline_s}",
+                    f"federation.rounds={budget.measured}", f"run.methods=['{method}']"]
+        set_args = [arg for s in settings for arg in ("--set", s)]
+        # The clients read the run file too: they get the run sections with the overrides.
+        client_config = out / "run.toml"
+        run_config, _ = load_server_config(self.plan.config, settings)
+        write_run_file(run_config, client_config)
+        cli = [sys.executable, "-m", "lpfl.cli"]
+        results = out / "results.json"
+        specs = [(link.host_ip, profile.one_way_delay_s) for link in links]
+        group = ProxyGroup(specs, "127.0.0.1", port)
+        with (out / "server.log").open("wb") as server_log, group as proxy_ports:
+            server = subprocess.Popen([*cli, "server", "--config", str(self.plan.config),
+                                       *set_args], stdout=server_log, stderr=subprocess.STDOUT)
+            procs: list[subprocess.Popen[bytes]] = []
+            try:
+                wait_for_port(port, server, timeout_s=300)
+                for link, cid, pport in zip(links, ids, proxy_ports, strict=True):
+                    env = {**os.environ, "LPFL_TOKEN": tokens[cid]}
+                    with (out / f"{cid}.log").open("wb") as log_file:
+                        procs.append(subprocess.Popen(
+                            [*link.exec_prefix(), *cli, "client", "--server",
+                             f"ws://{link.host_ip}:{pport}", "--client-id", cid, "--config",
+                             str(client_config)], stdout=log_file, stderr=subprocess.STDOUT,
+                            env=env))
+                watch_rounds(server, results, budget.measured, self.plan.run_timeout_s)
+            finally:
+                stop_processes([*procs, server])
+            chunks = {cid: p.chunks for cid, p in zip(ids, group.proxies, strict=True)}
+        return read_rounds(results), chunks
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}"
+                               for k, v in value.items()) + "}"
+    raise LpflError(f"cannot write {value!r} to TOML")
+
+
+def write_run_file(config: RunConfig, dest: Path) -> None:
+    """The run sections of ``config`` as a TOML run file (what the clients of a run read)."""
+    lines = []
+    for section, table in config.to_dict().items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {_toml_value(value)}" for key, value in table.items()
+                  if value is not None]
+        lines.append("")
+    dest.write_text("\n".join(lines), encoding="utf-8")
+
+
+def field(plan: FieldPlan) -> Path:
+    """Carry out ``lpfl field``; raises :class:`NotPermitted` before touching anything when
+    this host cannot make namespaces."""
+    reason = missing_privileges()
+    if reason:
+        raise NotPermitted(reason)
+    return FieldRunner(plan).run()
