@@ -172,17 +172,27 @@ def environment() -> dict[str, Any]:
             "machine": platform.machine(), "device": device}
 
 
+Setting = tuple[int, str]  # (shots per class, partition)
+
+
+def grid_accuracies(runs: Sequence[Mapping[str, Any]]) -> dict[Setting, dict[str, list[float]]]:
+    """Final test accuracies of the grid runs, by setting (sorted) and method."""
+    table: dict[Setting, dict[str, list[float]]] = {}
+    for run in runs:
+        if run.get("kind") == "grid":
+            per_method = table.setdefault((run["shots"], run["partition"]), {})
+            per_method.setdefault(run["method"], []).append(float(run["final_accuracy"]))
+    return dict(sorted(table.items()))
+
+
 def grid_table(runs: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> str:
     """Markdown: mean ± std of final test accuracy per setting (rows) and method (columns)."""
-    grid = [r for r in runs if r.get("kind") == "grid"]
-    settings = sorted({(r["shots"], r["partition"]) for r in grid})
     lines = ["| shots/class | partition | " + " | ".join(methods) + " |",
              "|---|---|" + "---|" * len(methods)]
-    for shots, partition in settings:
+    for (shots, partition), per_method in grid_accuracies(runs).items():
         cells = []
         for method in methods:
-            values = [r["final_accuracy"] for r in grid if r["method"] == method
-                      and r["shots"] == shots and r["partition"] == partition]
+            values = per_method.get(method, [])
             mean, std = mean_std(values)
             cells.append(f"{mean:.3f} ± {std:.3f} (n={len(values)})" if values else "–")
         lines.append(f"| {shots} | {partition} | " + " | ".join(cells) + " |")
@@ -191,23 +201,20 @@ def grid_table(runs: Sequence[Mapping[str, Any]], methods: Sequence[str]) -> str
 
 def goal_checks(runs: Sequence[Mapping[str, Any]]) -> list[str]:
     """The issue's goals, evaluated on the measured means (a line per goal and setting)."""
-    grid = [r for r in runs if r.get("kind") == "grid"]
-
-    def mean(method: str, shots: int, partition: str) -> float | None:
-        values = [r["final_accuracy"] for r in grid if r["method"] == method
-                  and r["shots"] == shots and r["partition"] == partition]
-        return statistics.fmean(values) if values else None
-
     lines = []
-    for shots, partition in sorted({(r["shots"], r["partition"]) for r in grid}):
-        lp = mean("lp-fl", shots, partition)
+    for (shots, partition), per_method in grid_accuracies(runs).items():
+
+        def mean(method: str, values: Mapping[str, list[float]] = per_method) -> float | None:
+            return statistics.fmean(values[method]) if values.get(method) else None
+
+        lp = mean("lp-fl")
         if lp is None:
             continue
         for other, margin, text in (("fp-fl", 0.0, "LP-FL ≥ FP-FL"),
                                     ("centralized", -0.01, "LP-FL ≥ centralized − 1 pt"),
                                     ("lp-fl-no-soft", 0.0, "LP-FL > LP-FL without soft labels"),
                                     ("zero-shot", 0.05, "LP-FL ≥ calibrated zero-shot + 5 pts")):
-            ref = mean(other, shots, partition)
+            ref = mean(other)
             if ref is None:
                 continue
             ok = lp > ref if other == "lp-fl-no-soft" else lp >= ref + margin
@@ -224,13 +231,12 @@ def plot_grid(runs: Sequence[Mapping[str, Any]], methods: Sequence[str], path: P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    grid = [r for r in runs if r.get("kind") == "grid"]
-    settings = sorted({(r["shots"], r["partition"]) for r in grid})
+    table = grid_accuracies(runs)
+    settings = list(table)
     fig, ax = plt.subplots(figsize=(8, 4))
     width = 0.8 / max(len(methods), 1)
     for j, method in enumerate(methods):
-        stats = [mean_std([r["final_accuracy"] for r in grid if r["method"] == method
-                           and (r["shots"], r["partition"]) == s]) for s in settings]
+        stats = [mean_std(table[s].get(method, [])) for s in settings]
         xs = [i + j * width for i in range(len(settings))]
         ax.bar(xs, [m for m, _ in stats], width, yerr=[s for _, s in stats], label=method,
                capsize=2)

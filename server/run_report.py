@@ -28,6 +28,11 @@ def full_model_payload(config: RunConfig, encoding: str) -> int:
     return payload_nbytes(base_parameters(config.model), encoding)
 
 
+def updated_clients(record: dict[str, Any]) -> int:
+    """How many clients' updates the server folded into this round."""
+    return sum(c["status"] == "updated" for c in record["clients"])
+
+
 def write_run_report(out: Path, config: RunConfig, encoding: str) -> Path:
     """Write the report of the run whose server wrote ``out/results.json``."""
     rounds: list[dict[str, Any]] = json.loads(
@@ -39,7 +44,7 @@ def write_run_report(out: Path, config: RunConfig, encoding: str) -> Path:
              "| round | accuracy | clients | uplink on wire | uplink payload | overhead | "
              "downlink on wire | FP-FL would send | s |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rounds:
-        updated = sum(c["status"] == "updated" for c in r["clients"])
+        updated = updated_clients(r)
         overhead = r["wire_uplink_bytes"] / max(r["payload_uplink_bytes"], 1) - 1
         lines.append(
             f"| {r['round']} | {r['eval_metrics'].get('accuracy', float('nan')):.3f} | "
@@ -48,7 +53,7 @@ def write_run_report(out: Path, config: RunConfig, encoding: str) -> Path:
             f"{human_bytes(r['wire_downlink_bytes'])} | {human_bytes(updated * fp_update)} | "
             f"{r['seconds']:.1f} |")
     up = sum(r["wire_uplink_bytes"] for r in rounds)
-    fp = sum(sum(c["status"] == "updated" for c in r["clients"]) for r in rounds) * fp_update
+    fp = sum(updated_clients(r) for r in rounds) * fp_update
     if up:
         lines += ["", f"Clients sent {human_bytes(up)} in all; FP-FL clients would have sent "
                   f"{human_bytes(fp)}: **{fp / up:,.0f}×** more.", ""]
@@ -70,8 +75,8 @@ def _plot(rounds: list[dict[str, Any]], fp_update: int, path: Path) -> None:
     acc_ax.grid(alpha=0.3)
     bytes_ax.plot(xs, [r["wire_uplink_bytes"] for r in rounds], marker="o",
                   label="LP-FL uplink (wire)")
-    bytes_ax.plot(xs, [fp_update * sum(c["status"] == "updated" for c in r["clients"])
-                       for r in rounds], marker="s", label="FP-FL uplink (payload)")
+    bytes_ax.plot(xs, [fp_update * updated_clients(r) for r in rounds], marker="s",
+                  label="FP-FL uplink (payload)")
     bytes_ax.set_yscale("log")
     bytes_ax.set_xlabel("round")
     bytes_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
