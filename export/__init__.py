@@ -1,0 +1,1 @@
+"""Device-ready models: the prompt model exported for ExecuTorch and ONNX Runtime."""
