@@ -32,7 +32,7 @@ from lpfl import wire
 from lpfl.errors import ConfigError, LpflError
 from lpfl.tensors import decode_tensors, encode_tensors
 
-from .trainer_api import Trainer
+from .trainer_api import Trainer, peak_rss_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -253,6 +253,7 @@ class EdgeClient:
         result = self.trainer.train_round(task.round, global_state, dict(task.settings))
         metrics: dict[str, Any] = {"compute_seconds": time.perf_counter() - start}
         metrics.update({name: float(value) for name, value in result.metrics.items()})
+        metrics["peak_rss_bytes"] = float(peak_rss_bytes())
         update = wire.Update(task.round, self.settings.client_id,
                              encode_tensors(result.state, task.update_encoding),
                              int(result.num_examples), metrics)

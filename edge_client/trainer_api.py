@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import sys
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -53,13 +54,22 @@ class Trainer(Protocol):
         ...
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports ``ru_maxrss`` in KiB, macOS in
+    bytes); the figure a device's memory budget is held against."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
 def device_capabilities(backend: str, **runtime: str) -> dict[str, Any]:
     """This machine's capabilities for a hello: ``backend``, CPU architecture, physical memory,
-    and the Python and torch versions plus any ``runtime`` versions given."""
+    the process's peak memory so far (``peak_rss_bytes``: call it once the model is loaded), and
+    the Python and torch versions plus any ``runtime`` versions given."""
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         memory = 0
     versions = {"python": platform.python_version(), "torch": torch.__version__, **runtime}
     return {"backend": backend, "cpu_arch": platform.machine() or sys.platform,
-            "memory_bytes": max(int(memory), 0), "runtime": versions}
+            "memory_bytes": max(int(memory), 0), "peak_rss_bytes": peak_rss_bytes(),
+            "runtime": versions}
