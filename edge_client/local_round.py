@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 from lpfl.data import Example
+from lpfl.edge_client.backends import ClientRuntime, EagerScorer
 from lpfl.edge_client.trainer_api import device_capabilities
-from lpfl.model.adapters import load_trainable_state, trainable_state
 from lpfl.model.prompt import PromptModel
 from lpfl.softlabels import select_confident
 from lpfl.strategy import ClientUpdate
-from lpfl.training import TrainExample, hard_example, train_steps
+from lpfl.training import TrainExample, hard_example
 
 log = logging.getLogger(__name__)
 
@@ -57,34 +57,45 @@ class RoundTask:
 
 
 class LocalClient:
-    """A client's data and model; :meth:`train_round` is the Trainer a connection calls."""
+    """A client's data and runtime; :meth:`train_round` is the Trainer a connection calls.
 
-    def __init__(self, client_id: str, index: int, pm: PromptModel,
+    ``model`` is a prompt model (everything runs eagerly on it) or a :class:`ClientRuntime`
+    whose scorer and trainer may be exported programs (see :mod:`lpfl.edge_client.backends`).
+    """
+
+    def __init__(self, client_id: str, index: int, model: PromptModel | ClientRuntime,
                  labeled: Sequence[Example], unlabeled: Sequence[Example],
                  eval_batch_size: int = 32) -> None:
         if not labeled:
             raise ValueError(f"client {client_id} has no labeled examples")
         self.client_id = client_id
         self.index = index
-        self.pm = pm
+        self.runtime = model if isinstance(model, ClientRuntime) else ClientRuntime.eager(model)
         self.labeled = list(labeled)
         self.unlabeled = list(unlabeled)
         self.eval_batch_size = eval_batch_size
 
-    def capabilities(self) -> dict[str, Any]:
-        """What this client runs on, for its hello message."""
-        import peft
-        import transformers
+    @property
+    def pm(self) -> PromptModel:
+        """The eager prompt model (TEMPORARY: budget.py moves to the runtime interface)."""
+        scorer = self.runtime.scorer
+        assert isinstance(scorer, EagerScorer)
+        return scorer.pm
 
-        return device_capabilities("eager", transformers=transformers.__version__,
-                                   peft=peft.__version__, model=self.pm.base.model_id)
+    def capabilities(self) -> dict[str, Any]:
+        """What this client runs on, for its hello message: the soft-labelling backend, where
+        training runs, runtime versions, CPU architecture and peak memory."""
+        rt = self.runtime
+        caps = device_capabilities(rt.backend, **rt.versions, model=rt.model_id)
+        caps["training"] = rt.training
+        return caps
 
     def soft_label(self, task: RoundTask) -> tuple[list[TrainExample], dict[str, float]]:
         """Pseudo-label the unlabeled pool with the current (global) model."""
         if task.soft_label_budget <= 0 or not self.unlabeled:
             return [], {"soft_labels_added": 0.0}
         texts = [e.text for e in self.unlabeled]
-        probs = torch.softmax(self.pm.score(texts, self.eval_batch_size), -1)
+        probs = torch.softmax(self.runtime.scorer.score(texts, self.eval_batch_size), -1)
         chosen = select_confident(probs, task.soft_label_budget, task.soft_label_threshold,
                                   task.soft_label_balanced)
         soft = [TrainExample(texts[i], tuple(float(p) for p in probs[i]),
@@ -101,18 +112,21 @@ class LocalClient:
                     settings: Mapping[str, Any]) -> ClientUpdate:
         """Soft-label and train from ``global_state``; the update the server aggregates."""
         task = RoundTask.from_settings(round_number, settings)
-        load_trainable_state(self.pm, global_state)
+        self.runtime.scorer.load_state(global_state)
         started = time.perf_counter()
         soft, metrics = self.soft_label(task)
         labeling_done = time.perf_counter()
-        examples = [hard_example(e.text, e.label, self.pm.num_classes) for e in self.labeled]
+        examples = [hard_example(e.text, e.label, self.runtime.num_classes)
+                    for e in self.labeled]
         examples += soft
         rng = np.random.default_rng([task.seed, task.round, self.index])
-        loss = train_steps(self.pm, examples, task.local_steps, task.batch_size, task.lr, rng,
-                           task.soft_label_loss, task.weight_decay)
+        trainer = self.runtime.trainer
+        trainer.load_state(global_state)
+        loss = trainer.train(examples, task.local_steps, task.batch_size, task.lr, rng,
+                             task.soft_label_loss, task.weight_decay)
         finished = time.perf_counter()
         metrics.update(train_loss=loss, soft_label_seconds=labeling_done - started,
                        train_seconds=finished - labeling_done)
         log.info("client %s round %d: %d examples (%d soft), loss %.4f", self.client_id,
                  round_number, len(examples), len(soft), loss)
-        return ClientUpdate(self.client_id, trainable_state(self.pm), len(examples), metrics)
+        return ClientUpdate(self.client_id, trainer.state(), len(examples), metrics)

@@ -1,0 +1,115 @@
+"""Where a client's two jobs run: soft-labelling and local LoRA training.
+
+``--backend eager`` runs both in PyTorch on the prompt model. ``--backend executorch`` or
+``onnxruntime`` scores the unlabeled texts with an exported program from ``--artefact DIR`` (made
+by ``lpfl export``) and trains with the artefact's ExecuTorch training program when it has one,
+else eagerly (said in the log and in the hello: nothing falls back silently). Each round the new
+global adapter is written into the programs; nothing is re-exported.
+
+A client whose backends are all programs never loads the torch model: its tokenizer and prompt
+come from the artefact, which is what makes the edge footprint small.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from lpfl.errors import ConfigError
+from lpfl.model.adapters import load_trainable_state, trainable_state
+from lpfl.model.prompt import PromptModel
+from lpfl.training import TrainExample, train_steps
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("eager", "executorch", "onnxruntime")
+
+
+class Scorer(Protocol):
+    """Class logits for texts under the current global adapter."""
+
+    def load_state(self, state: Mapping[str, torch.Tensor]) -> None: ...
+
+    def score(self, texts: Sequence[str], batch_size: int) -> torch.Tensor: ...
+
+
+class LocalTrainer(Protocol):
+    """Trains the adapter locally: :func:`lpfl.training.train_steps` without the model argument."""
+
+    def load_state(self, state: Mapping[str, torch.Tensor]) -> None: ...
+
+    def train(self, examples: Sequence[TrainExample], steps: int, batch_size: int, lr: float,
+              rng: np.random.Generator, soft_loss: str, weight_decay: float) -> float: ...
+
+    def state(self) -> dict[str, torch.Tensor]: ...
+
+
+@dataclass
+class EagerScorer:
+    """Soft-labelling with the PyTorch prompt model."""
+
+    pm: PromptModel
+
+    def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        load_trainable_state(self.pm, state)
+
+    def score(self, texts: Sequence[str], batch_size: int) -> torch.Tensor:
+        return self.pm.score(texts, batch_size)
+
+
+@dataclass
+class EagerTrainer:
+    """Local training with the PyTorch prompt model (AdamW, :func:`lpfl.training.train_steps`)."""
+
+    pm: PromptModel
+
+    def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        load_trainable_state(self.pm, state)
+
+    def train(self, examples: Sequence[TrainExample], steps: int, batch_size: int, lr: float,
+              rng: np.random.Generator, soft_loss: str, weight_decay: float) -> float:
+        return train_steps(self.pm, examples, steps, batch_size, lr, rng, soft_loss,
+                           weight_decay)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return trainable_state(self.pm)
+
+
+@dataclass
+class ClientRuntime:
+    """A client's scorer and trainer, and what to tell the server about them."""
+
+    scorer: Scorer
+    trainer: LocalTrainer
+    backend: str
+    """The soft-labelling backend (one of :data:`BACKENDS`)."""
+    training: str
+    """Where training runs: ``eager`` or ``executorch``."""
+    num_classes: int
+    model_id: str
+    versions: dict[str, str] = field(default_factory=dict)
+    """Runtime component versions for the hello (e.g. ``{"executorch": "1.5.1"}``)."""
+
+    @classmethod
+    def eager(cls, pm: PromptModel) -> ClientRuntime:
+        import peft
+        import transformers
+
+        return cls(EagerScorer(pm), EagerTrainer(pm), "eager", "eager", pm.num_classes,
+                   pm.base.model_id,
+                   {"transformers": transformers.__version__, "peft": peft.__version__})
+
+
+def check_backend(backend: str, artefact: Path | None) -> None:
+    """Refuse a backend name we do not know, or a program backend without an artefact."""
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    if backend != "eager" and artefact is None:
+        raise ConfigError(f"--backend {backend} needs --artefact DIR, a folder made by "
+                          f"`lpfl export --target {'onnx' if backend == 'onnxruntime' else '…'}`")
