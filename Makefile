@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: env demo smoke test test-slow bench-accuracy clean
+.PHONY: env demo smoke test test-slow bench-accuracy arm-rootfs arm-e2e clean
 
 $(BIN)/lpfl: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,14 @@ test-slow: env
 
 bench-accuracy: env
 	$(BIN)/lpfl bench accuracy --config bench/accuracy.toml --out bench/results/accuracy
+
+# Emulated aarch64 clients (root, qemu-user, debootstrap): the arm64 root is built once (10-30 min)
+# and cached in $LPFL_CACHE/arm64-rootfs (default ~/.cache/lpfl); arm-e2e builds it if missing.
+arm-rootfs: env
+	$(BIN)/python -m lpfl.android_harness.arm_rootfs
+
+arm-e2e: env
+	$(BIN)/python -m pytest -q -m slow -rs tests/test_arm_e2e.py
 
 clean:
 	rm -rf build runs .mypy_cache .ruff_cache .pytest_cache

@@ -13,18 +13,21 @@ come from the artefact, which is what makes the edge footprint small.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
 
-from lpfl.errors import ConfigError
+from lpfl.errors import ArtefactError, ConfigError
 from lpfl.model.adapters import load_trainable_state, trainable_state
 from lpfl.model.prompt import PromptModel
 from lpfl.training import TrainExample, train_steps
+
+if TYPE_CHECKING:
+    from .program_trainer import Encode, ProgramTrainer
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,28 @@ class EagerTrainer:
 
 
 @dataclass
+class ExecuTorchTrainer:
+    """Local training on the artefact's ExecuTorch training program: the same batches, loss and
+    AdamW as :class:`EagerTrainer` (see :mod:`lpfl.edge_client.program_trainer`)."""
+
+    program: ProgramTrainer
+    encode: Encode
+
+    def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.program.load_state(state)
+
+    def train(self, examples: Sequence[TrainExample], steps: int, batch_size: int, lr: float,
+              rng: np.random.Generator, soft_loss: str, weight_decay: float) -> float:
+        from .program_trainer import program_train_steps
+
+        return program_train_steps(self.program, self.encode, examples, steps, batch_size, lr,
+                                   rng, soft_loss, weight_decay)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return self.program.state()
+
+
+@dataclass
 class ClientRuntime:
     """A client's scorer and trainer, and what to tell the server about them."""
 
@@ -113,3 +138,61 @@ def check_backend(backend: str, artefact: Path | None) -> None:
     if backend != "eager" and artefact is None:
         raise ConfigError(f"--backend {backend} needs --artefact DIR, a folder made by "
                           f"`lpfl export --target {'onnx' if backend == 'onnxruntime' else '…'}`")
+
+
+def _program_trainer(artefact: Path) -> ProgramTrainer | None:
+    """The artefact's training program, if it has one this ExecuTorch can run; else None (and
+    the log says why, so eager training is never a silent fallback)."""
+    from lpfl.export.manifest import installed_version, load_manifest
+
+    from .program_trainer import ProgramTrainer
+
+    entries = [p for p in load_manifest(artefact).programs if p.role == "train"]
+    if not entries:
+        log.warning("%s has no training program (export it with --training): training runs "
+                    "eagerly", artefact)
+        return None
+    entry = entries[0]
+    installed = installed_version("executorch")
+    if entry.runtime_version != installed:
+        log.warning("the training program was written by executorch %s, this client has %r: "
+                    "training runs eagerly (re-export with this version to train on-device)",
+                    entry.runtime_version, installed or "none")
+        return None
+    return ProgramTrainer(artefact / entry.file)
+
+
+def program_runtime(backend: str, artefact: Path, model_id: str,
+                    eager_model: Callable[[], PromptModel],
+                    eager_training: bool = False) -> ClientRuntime:
+    """Soft-label with the artefact's score program on ``backend``; train with its ExecuTorch
+    training program unless ``eager_training`` (or the artefact has none), else on the eager
+    model that ``eager_model`` builds. Only the eager path loads the torch model.
+    """
+    from lpfl.export.manifest import runtime_version
+
+    from .program_scorer import ProgramScorer
+
+    runtime = backend
+    program = None if eager_training else _program_trainer(artefact)
+    trainer: LocalTrainer
+    if program is not None:
+        shapes = {name: tuple(t.shape) for name, t in program.parameters.items()}
+        scorer = ProgramScorer(artefact, runtime=runtime, model_id=model_id, lora_shapes=shapes)
+        if scorer.num_classes != program.num_classes:
+            raise ArtefactError(f"{artefact}: the score program has {scorer.num_classes} "
+                                f"classes, the training program {program.num_classes}; "
+                                "re-export the artefact")
+        trainer, training = ExecuTorchTrainer(program, scorer.encoder.encode), "executorch"
+    else:
+        pm = eager_model()
+        shapes = {name: tuple(t.shape) for name, t in trainable_state(pm).items()}
+        scorer = ProgramScorer(artefact, runtime=runtime, model_id=pm.base.model_id,
+                               lora_shapes=shapes)
+        trainer, training = EagerTrainer(pm), "eager"
+    versions = {runtime: runtime_version(runtime)}
+    if training == "executorch":
+        versions["executorch"] = runtime_version("executorch")
+    log.info("soft-labelling on %s (%s), training on %s", runtime, artefact, training)
+    return ClientRuntime(scorer, trainer, backend, training, scorer.num_classes, model_id,
+                         versions)

@@ -41,6 +41,18 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="this client's secret token (default: $LPFL_TOKEN)")
     parser.add_argument("--cafile", default="", help="PEM certificate to trust for wss://")
     parser.add_argument("--config", type=Path, help="TOML run file for the trainer, if needed")
+    parser.add_argument("--backend", default="eager", choices=("eager", "executorch",
+                                                                "onnxruntime"),
+                        help="where soft-labelling runs (default eager); executorch and "
+                        "onnxruntime need --artefact")
+    parser.add_argument("--artefact", type=Path,
+                        help="folder made by `lpfl export` for a program backend")
+    parser.add_argument("--eager-training", action="store_true",
+                        help="train eagerly even if the artefact has an ExecuTorch training "
+                        "program")
+    parser.add_argument("--profile", type=Path,
+                        help="device profile TOML (or a name in configs/devices/): its threads, "
+                        "and a memory check before the first round")
     parser.add_argument("--give-up-after-s", type=float, default=600.0,
                         help="stop after this long without reaching the server (default 600)")
     parser.add_argument("--backoff-max-s", type=float, default=30.0,

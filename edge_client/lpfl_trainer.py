@@ -12,9 +12,12 @@ import argparse
 import re
 
 from lpfl.errors import ConfigError, LpflError
+from lpfl.model.loading import model_id_of
+from lpfl.model.prompt import PromptModel
 from lpfl.simulate import federated_data, fresh_prompt_model, method_mode
 from lpfl.transport_config import load_server_config
 
+from .backends import ClientRuntime, check_backend, program_runtime
 from .local_round import LocalClient
 
 
@@ -28,13 +31,30 @@ def client_index(client_id: str, num_clients: int) -> int:
 
 
 def lpfl_trainer(args: argparse.Namespace) -> LocalClient:
-    """Build the client's prompt model and data share from ``--config`` and ``--client-id``."""
+    """Build the client's runtime (``--backend``, ``--artefact``) and data share from
+    ``--config`` and ``--client-id``;
+    with ``--profile``, refuse to start if a round would not fit the device's memory budget."""
     if args.config is None:
         raise ConfigError("lpfl client needs --config RUN.toml (the same file as the server)")
     config, _ = load_server_config(args.config)  # the run sections; [server] is the server's
     index = client_index(args.client_id, config.data.num_clients)
     seed = config.run.seeds[0]
     data = federated_data(config, seed)
-    pm = fresh_prompt_model(config, method_mode(config.run.methods[0]), seed)
-    return LocalClient(args.client_id, index, pm, data.labeled[index], data.unlabeled[index],
-                       config.run.eval_batch_size)
+    check_backend(args.backend, args.artefact)
+
+    def eager_model() -> PromptModel:
+        return fresh_prompt_model(config, method_mode(config.run.methods[0]), seed)
+
+    model: PromptModel | ClientRuntime
+    if args.backend == "eager":
+        model = eager_model()
+    else:
+        model = program_runtime(args.backend, args.artefact, model_id_of(config.model),
+                                eager_model, args.eager_training)
+    client = LocalClient(args.client_id, index, model, data.labeled[index],
+                         data.unlabeled[index], config.run.eval_batch_size)
+    if args.profile is not None:
+        from .budget import enforce_profile
+
+        enforce_profile(client, config, args.profile)
+    return client

@@ -26,9 +26,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from lpfl.config import load_config
     from lpfl.report import write_report
     from lpfl.results import ResultsFile
-    from lpfl.simulate import federated_data, run_method
+    from lpfl.simulate import FP32_RULES, federated_data, run_method
+    from lpfl.transport_config import load_server_config
 
-    config = load_config(args.config, args.overrides)
+    # The [server.round] encodings apply to the simulated wire too (lpfl.simulate.federate).
+    rules = FP32_RULES
+    if args.config:
+        config, server = load_server_config(args.config, args.overrides)
+        rules = server.round
+    else:
+        config = load_config(None, args.overrides)
     torch.set_num_threads(config.run.threads)
     out = Path(args.out)
     results_path = out / "results.json"
@@ -45,7 +52,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 log.info("skipping %s seed %d: already in %s", method, seed, results_path)
                 continue
             data = data or federated_data(config, seed)
-            results.add(run_method(config, method, seed, data))
+            results.add(run_method(config, method, seed, data, rules=rules))
     report = write_report(out)
     print(f"wrote {results_path} and {report}")
     return 0
@@ -116,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--fresh", action="store_true", help="discard earlier results in --out")
     sim.set_defaults(func=cmd_simulate)
     _add_network_commands(sub)
+    from lpfl.export import cli as export_cli
+
+    export_cli.add_parser(sub)
+    from lpfl.android_harness import device_cli
+
+    device_cli.add_parser(sub)
     bench = sub.add_parser("bench", help="benchmarks (resumable; results.json + report.md)")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     acc = bench_sub.add_parser("accuracy", help="methods × shots × partitions × seeds grid")

@@ -21,3 +21,8 @@ class DataError(LpflError):
 
 class ModelError(LpflError):
     """A base model or tokenizer cannot be loaded or does not fit the prompt settings."""
+
+
+class ArtefactError(LpflError):
+    """An exported artefact (manifest + programs) is missing, damaged, or does not fit this client;
+    the message names the field that differs and how to get a matching artefact."""

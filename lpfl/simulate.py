@@ -11,17 +11,21 @@ Methods (see :data:`lpfl.config.METHODS`):
   unlabeled text, ``raw_accuracy`` the uncalibrated argmax.
 
 Bytes per round are the sizes of the safetensors payloads a client would send (uplink) and
-receive (downlink), summed over the round's clients, so methods compare on one measure.
+receive (downlink), summed over the round's clients, so methods compare on one measure. Federated
+methods send every state through the encodings of the run's :class:`~lpfl.protocol.RoundRules`
+(:func:`over_the_wire`), as the websocket server and clients do, so an fp16 or int8 simulation
+trains and aggregates exactly what the network would deliver.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,13 +37,17 @@ from lpfl.edge_client.local_round import LocalClient
 from lpfl.model.adapters import load_trainable_state, set_mode, trainable_state
 from lpfl.model.loading import BaseModel, load_base_model
 from lpfl.model.prompt import PromptModel
+from lpfl.protocol import RoundRules
 from lpfl.strategy import ClientUpdate, FedAvg
-from lpfl.tensors import payload_nbytes
+from lpfl.tensors import decode_tensors, encode_tensors, payload_nbytes
 from lpfl.training import accuracy, median_calibrated_predictions
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+
+FP32_RULES = RoundRules()
+"""Round rules whose task and update encodings are both fp32: states travel unchanged."""
 
 
 def print_progress(line: str) -> None:
@@ -137,6 +145,17 @@ def _clients(config: RunConfig, pm: PromptModel, data: FederatedData,
                                                          strict=True))]
 
 
+def over_the_wire(state: Mapping[str, torch.Tensor], encoding: str
+                  ) -> tuple[dict[str, torch.Tensor], int]:
+    """``state`` as the receiver decodes it after :func:`~lpfl.tensors.encode_tensors` with
+    ``encoding``, and the payload's size in bytes. fp32 decodes to the very same values, so it
+    skips the copy (FP-FL states are hundreds of MB)."""
+    if encoding == "fp32":
+        return dict(state), payload_nbytes(state, encoding)
+    payload = encode_tensors(state, encoding)
+    return decode_tensors(payload), len(payload)
+
+
 def _soft_accuracy(updates: list[ClientUpdate]) -> float | None:
     checked = sum(u.metrics.get("soft_label_checked", 0.0) for u in updates)
     if checked == 0:
@@ -145,26 +164,36 @@ def _soft_accuracy(updates: list[ClientUpdate]) -> float | None:
 
 
 def federate(config: RunConfig, method: str, seed: int, data: FederatedData,
-             progress: Progress = print_progress,
+             progress: Progress = print_progress, rules: RoundRules = FP32_RULES,
              ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """LP-FL, FP-FL or centralized training for one seed: its record and final global state."""
+    """LP-FL, FP-FL or centralized training for one seed: its record and final global state.
+
+    Clients get the global state in ``rules.task_encoding`` and reply in
+    ``rules.update_encoding`` (centralized training has no wire: fp32); the global state itself,
+    which is evaluated, stays fp32 as on the server.
+    """
     centralized = method.startswith("centralized")
+    if centralized:
+        rules = FP32_RULES
     pm = fresh_prompt_model(config, method_mode(method), seed)
     clients = {c.client_id: c for c in _clients(config, pm, data, centralized)}
     strategy = method_strategy(config, method, seed)
     evaluate = Evaluator(data, config.run.eval_batch_size)
     global_state = trainable_state(pm)
-    encoding = "fp32"
     rounds = []
     for r in range(1, config.federation.rounds + 1):
         started = time.perf_counter()
         tasks = strategy.configure(r, list(clients))
-        updates = [clients[cid].train_round(r, global_state, task) for cid, task in tasks.items()]
+        sent, down_bytes = over_the_wire(global_state, rules.task_encoding)
+        replies = [clients[cid].train_round(r, sent, task) for cid, task in tasks.items()]
+        received = [over_the_wire(u.state, rules.update_encoding) for u in replies]
+        updates = [dataclasses.replace(u, state=state)
+                   for u, (state, _) in zip(replies, received, strict=True)]
         global_state = strategy.aggregate(updates)
         load_trainable_state(pm, global_state)
         acc = evaluate(pm)
-        uplink = 0 if centralized else sum(payload_nbytes(u.state, encoding) for u in updates)
-        downlink = 0 if centralized else len(updates) * payload_nbytes(global_state, encoding)
+        uplink = 0 if centralized else sum(nbytes for _, nbytes in received)
+        downlink = 0 if centralized else len(updates) * down_bytes
         record = {
             "round": r, "accuracy": acc, "uplink_bytes": uplink, "downlink_bytes": downlink,
             "soft_labels_added": int(sum(u.metrics.get("soft_labels_added", 0) for u in updates)),
@@ -179,7 +208,8 @@ def federate(config: RunConfig, method: str, seed: int, data: FederatedData,
                  f"soft labels {record['soft_labels_added']}, uplink {uplink:,} B "
                  f"({record['seconds']:.1f} s)")
     run = {"method": method, "seed": seed, "final_accuracy": rounds[-1]["accuracy"],
-           "lr": config.federation.lr_for(method),
+           "lr": config.federation.lr_for(method), "task_encoding": rules.task_encoding,
+           "update_encoding": rules.update_encoding,
            "trainable_parameters": sum(t.numel() for t in global_state.values()),
            "rounds": rounds}
     return run, global_state
@@ -207,11 +237,13 @@ def run_zero_shot(config: RunConfig, seed: int, data: FederatedData,
 
 
 def run_method(config: RunConfig, method: str, seed: int, data: FederatedData,
-               progress: Progress = print_progress) -> dict[str, Any]:
-    """One method for one seed; the dict is one entry of ``results.json``'s ``runs``."""
+               progress: Progress = print_progress, rules: RoundRules = FP32_RULES
+               ) -> dict[str, Any]:
+    """One method for one seed; the dict is one entry of ``results.json``'s ``runs``.
+    ``rules`` carries the wire encodings (see :func:`federate`)."""
     if method == "zero-shot":
         return run_zero_shot(config, seed, data, progress)
-    return federate(config, method, seed, data, progress)[0]
+    return federate(config, method, seed, data, progress, rules)[0]
 
 
 def federated_data(config: RunConfig, seed: int) -> FederatedData:

@@ -43,7 +43,7 @@ def example_losses(logits: torch.Tensor, targets: torch.Tensor, soft: torch.Tens
     return torch.where(soft, ce - entropy, ce)
 
 
-def _batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[list[int]]:
+def batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[list[int]]:
     while True:
         order = rng.permutation(n).tolist()
         for start in range(0, n, batch_size):
@@ -66,9 +66,9 @@ def train_steps(pm: PromptModel, examples: Sequence[TrainExample], steps: int, b
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     pm.network.train()
     total = 0.0
-    batches = _batches(len(examples), batch_size, rng)
+    order = batches(len(examples), batch_size, rng)
     for _ in range(steps):
-        chosen = [examples[i] for i in next(batches)]
+        chosen = [examples[i] for i in next(order)]
         logits = pm.class_logits(pm.encode([e.text for e in chosen]))
         targets = torch.tensor([e.target for e in chosen], dtype=logits.dtype,
                                device=logits.device)

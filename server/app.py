@@ -396,7 +396,7 @@ class AggregatorServer:
             seconds = time.monotonic() - (self._round_started or time.monotonic())
             self._round_started = None
             metrics = {str(k): float(v) for k, v in metrics.items()}
-            record = _round_record(closed, metrics, window, seconds)
+            record = _round_record(closed, metrics, window, seconds, self.machine.clients)
             self.history.append(record)
             checkpoint = Checkpoint(closed.round, closed.global_state, list(self.history),
                                     torch.get_rng_state().numpy().tobytes())
@@ -414,7 +414,8 @@ class AggregatorServer:
 
 
 def _round_record(closed: protocol.RoundClosed, metrics: dict[str, float],
-                  window: Mapping[str, _Traffic], seconds: float) -> RoundRecord:
+                  window: Mapping[str, _Traffic], seconds: float,
+                  capabilities: Mapping[str, Mapping[str, Any]]) -> RoundRecord:
     clients = []
     for cid in sorted(set(closed.outcomes) | set(window)):
         outcome = closed.outcomes.get(cid, protocol.ClientOutcome("idle"))
@@ -422,6 +423,6 @@ def _round_record(closed: protocol.RoundClosed, metrics: dict[str, float],
         clients.append(ClientRecord(
             cid, outcome.status, outcome.num_examples, dict(outcome.metrics), outcome.update_norm,
             outcome.clipped, outcome.code, traffic.payload_in, traffic.payload_out,
-            traffic.wire_in, traffic.wire_out))
+            traffic.wire_in, traffic.wire_out, dict(capabilities.get(cid, {}))))
     return RoundRecord(closed.round, closed.attempt, seconds, metrics, dict(closed.train_metrics),
                        clients)

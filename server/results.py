@@ -23,7 +23,8 @@ from lpfl.results import write_atomically
 @dataclass(frozen=True)
 class ClientRecord:
     """One client's part in a round; ``status`` is a :class:`lpfl.protocol.ClientOutcome` status
-    or ``"idle"`` (connected, not sampled)."""
+    or ``"idle"`` (connected, not sampled). ``capabilities`` is empty for a client that left
+    before the round closed."""
 
     client_id: str
     status: str
@@ -36,6 +37,8 @@ class ClientRecord:
     payload_downlink_bytes: int = 0
     wire_uplink_bytes: int = 0
     wire_downlink_bytes: int = 0
+    capabilities: Mapping[str, Any] = field(default_factory=dict)
+    """What the client said in its hello (``cpu_arch``, ``backend``, ``runtime`` versions)."""
 
 
 _TOTALS = ("payload_uplink_bytes", "payload_downlink_bytes", "wire_uplink_bytes",

@@ -118,21 +118,36 @@ def _load_folder(folder: Path, model_id: str) -> BaseModel:
     return BaseModel(model=model, tokenizer=tokenizer, kind=kind, model_id=model_id)
 
 
+SMOLLM2_ID = "smollm2-135m-instruct-q4_1"
+
+
+def model_id_of(settings: ModelSettings) -> str:
+    """The base model id a source loads as, without loading it (artefact manifests carry it)."""
+    source = settings.source
+    if source == "smollm2":
+        return SMOLLM2_ID
+    if source in tiny.TINY_MODELS:
+        return source
+    path = Path(source).expanduser()
+    return path.name if path.is_dir() else path.stem
+
+
 def resolve_folder(settings: ModelSettings) -> tuple[Path, str]:
     """The local HF folder for a GGUF/folder source (de-quantizing on first use) and its id."""
     source = settings.source
+    model_id = model_id_of(settings)
     if source == "smollm2":
-        gguf, model_id = smollm2_gguf(), "smollm2-135m-instruct-q4_1"
+        gguf = smollm2_gguf()
     else:
         path = Path(source).expanduser()
         if not path.exists():
             raise ModelError(f"model.source={source!r} is neither 'smollm2', 'tiny-llama', "
                              "'tiny-bert' nor an existing .gguf file or model folder")
         if path.is_dir():
-            return path, path.name
+            return path, model_id
         if path.suffix != ".gguf":
             raise ModelError(f"model.source={source!r}: a file source must be a .gguf file")
-        gguf, model_id = path, path.stem
+        gguf = path
     target = _cache_root(settings) / _file_key(gguf)
     if not (target / "config.json").is_file():
         _dequantize_to_folder(gguf, target)
@@ -143,6 +158,7 @@ def load_base_model(settings: ModelSettings) -> BaseModel:
     """Load the base model and tokenizer named by ``settings.source`` (see module docstring)."""
     if settings.source in tiny.TINY_MODELS:
         model, tokenizer, kind = tiny.build(settings.source)
-        return BaseModel(model=model, tokenizer=tokenizer, kind=kind, model_id=settings.source)
+        return BaseModel(model=model, tokenizer=tokenizer, kind=kind,
+                         model_id=model_id_of(settings))
     folder, model_id = resolve_folder(settings)
     return _load_folder(folder, model_id)

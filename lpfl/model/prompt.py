@@ -41,26 +41,24 @@ def label_token_ids(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) ->
     return ids
 
 
-class PromptModel:
-    """Scores texts per class with a (possibly adapter-wrapped) language model.
+class PromptEncoder:
+    """Turns texts into model inputs for one pattern: no torch model needed.
 
-    ``network`` is the module that is called; it starts as the base model and is replaced by a
-    PEFT wrapper when LoRA is attached (see :mod:`lpfl.model.adapters`).
+    It fits each text into ``max_length`` (the pattern is kept whole), pads on the left for a
+    causal LM (the label word follows the last token; ``position_ids`` give each real token its
+    unpadded position) and on the right for a masked LM (with the ``[MASK]`` index). An
+    on-device scorer builds one from an exported artefact's tokenizer files.
     """
 
-    def __init__(self, base: BaseModel, prompt: PromptSettings, max_length: int,
-                 device: str = "cpu") -> None:
-        self.base = base
-        self.device = torch.device(device)
-        base.model.to(self.device)  # type: ignore[arg-type]
-        self.network: nn.Module = base.model
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt: PromptSettings,
+                 max_length: int, causal: bool) -> None:
+        self.tokenizer = tokenizer
         self.prompt = prompt
         self.max_length = max_length
-        self.tokenizer = base.tokenizer
-        self.causal = base.kind == "causal"
+        self.causal = causal
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        if not self.causal:
+        if not causal:
             if MASK_PLACEHOLDER not in prompt.pattern:
                 raise ModelError(f"a masked LM needs {MASK_PLACEHOLDER} in prompt.pattern, e.g. "
                                  "'Review: {text} All in all, it was [MASK].'")
@@ -91,13 +89,12 @@ class PromptModel:
         return [self._prefix + self._fit(t) + self._suffix for t in texts]
 
     def encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
-        """Tokenized prompts: left-padded for a causal LM (the label word follows the last
-        token), right-padded with the mask positions for a masked LM."""
+        """Tokenized prompts (CPU tensors): left-padded for a causal LM, right-padded with the
+        mask positions for a masked LM."""
         self.tokenizer.padding_side = "left" if self.causal else "right"
         batch = self.tokenizer(self.prompts(texts), return_tensors="pt", padding=True,
                                truncation=True, max_length=self.max_length)
-        out = {"input_ids": batch["input_ids"].to(self.device),
-               "attention_mask": batch["attention_mask"].to(self.device)}
+        out = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
         if self.causal:
             # Left padding shifts positions: give each real token its unpadded position.
             out["position_ids"] = (out["attention_mask"].cumsum(-1) - 1).clamp(min=0)
@@ -108,6 +105,39 @@ class PromptModel:
                                  "truncation; lower the text length or raise model.max_length")
             out["mask_index"] = is_mask.float().argmax(-1)
         return out
+
+
+class PromptModel:
+    """Scores texts per class with a (possibly adapter-wrapped) language model.
+
+    ``network`` is the module that is called; it starts as the base model and is replaced by a
+    PEFT wrapper when LoRA is attached (see :mod:`lpfl.model.adapters`). Tokenization is the
+    :class:`PromptEncoder`'s (``encoder``).
+    """
+
+    def __init__(self, base: BaseModel, prompt: PromptSettings, max_length: int,
+                 device: str = "cpu") -> None:
+        self.base = base
+        self.device = torch.device(device)
+        base.model.to(self.device)  # type: ignore[arg-type]
+        self.network: nn.Module = base.model
+        self.prompt = prompt
+        self.max_length = max_length
+        self.tokenizer = base.tokenizer
+        self.causal = base.kind == "causal"
+        self.encoder = PromptEncoder(self.tokenizer, prompt, max_length, self.causal)
+        self.label_ids = self.encoder.label_ids
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_ids)
+
+    def prompts(self, texts: Sequence[str]) -> list[str]:
+        return self.encoder.prompts(texts)
+
+    def encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Tokenized prompts on this model's device (see :meth:`PromptEncoder.encode`)."""
+        return {k: v.to(self.device) for k, v in self.encoder.encode(texts).items()}
 
     def class_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Label-word logits, shape ``[batch, num_classes]``; differentiable."""

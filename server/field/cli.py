@@ -2,7 +2,10 @@
 
 ``lpfl field --config RUN.toml --profiles lte,3g,wifi --clients N --rounds R
 --methods lp-fl,fp-fl --out DIR [--time-budget-s S]`` needs root (namespaces, veth, tc). Without
-it the command says so and exits 2 before creating anything.
+it the command says so and exits 2 before creating anything. ``lpfl field --cleanup`` removes
+what killed runs left behind (every run also does so before it starts); ``lpfl field --out DIR
+--report-only`` rewrites DIR's report from the ``field.json`` files there (after an interrupted
+run), without root.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 from lpfl.config import METHODS
 from lpfl.errors import LpflError
 
-from .netns import missing_privileges
+from .netns import missing_privileges, sweep
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -27,7 +30,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Run a server and N client processes, each client in its own network "
         "namespace behind a tc-shaped veth link and a delay proxy, once per link profile and "
         "method; write DIR/report.md with plots of bytes, seconds and accuracy.")
-    parser.add_argument("--config", type=Path, required=True, help="TOML run file")
+    parser.add_argument("--config", type=Path, help="TOML run file (required unless --cleanup)")
     parser.add_argument("--links", type=Path, default=Path("configs/links.toml"),
                         help="TOML link profiles (default configs/links.toml)")
     parser.add_argument("--profiles", default="lte,3g,wifi",
@@ -36,7 +39,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, help="rounds per run (default federation.rounds)")
     parser.add_argument("--methods", default="lp-fl,fp-fl",
                         help="comma-separated methods (default lp-fl,fp-fl)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--out", type=Path, help="output folder (required unless --cleanup)")
     parser.add_argument("--time-budget-s", type=float, default=math.inf,
                         help="wall-clock budget per FP-FL run: fewer rounds are measured and "
                         "the rest extrapolated (labelled so)")
@@ -45,16 +48,36 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "the methods' best accuracies on each profile)")
     parser.add_argument("--verify-seconds", type=float, default=2.0,
                         help="length of each shaping check transfer (default 2)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="only rewrite OUT/report.md and its plots from the field.json files "
+                        "under --out (e.g. after an interrupted run); needs no root")
+    parser.add_argument("--cleanup", action="store_true",
+                        help="only remove the namespaces, links and processes of field runs "
+                        "whose orchestrator was killed, then exit")
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     """Carry out ``lpfl field``; 2 (with nothing created) when this host cannot shape links."""
+    if args.report_only:
+        if args.out is None:
+            raise LpflError("--report-only needs --out")
+        from .report import write_field_report
+
+        print(f"wrote {write_field_report(args.out, args.target_accuracy)}")
+        return 0
     reason = missing_privileges()
     if reason:
         print(f"error: {reason}", file=sys.stderr)
         return 2
+    if args.cleanup:
+        removed = sweep()
+        print(f"removed the leftovers of {', '.join(removed)}" if removed
+              else "nothing left behind by killed field runs")
+        return 0
+    if args.config is None or args.out is None:
+        raise LpflError("--config and --out are required (unless --cleanup)")
     from lpfl.transport_config import load_server_config
 
     from .run import FieldPlan, field

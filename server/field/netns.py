@@ -6,6 +6,14 @@ setup: :func:`cleanup` deletes the namespaces and host-side veth ends carrying t
 safe to call any number of times. :class:`Namespaces` is a context manager that also registers
 the cleanup with :mod:`atexit`, for runs that die by an exception the context manager never sees.
 
+Neither helps when the orchestrator is killed with SIGKILL. So before it makes anything, a run
+records itself in ``STATE_DIR/<prefix>.json``: its own pid and start time, and later every process
+it starts (the server, the clients). :func:`sweep` finds the records whose owner is gone, kills
+what is left of that run (its recorded processes, anything still inside its namespaces), deletes
+its namespaces and links and drops the record. Every run sweeps before it starts, and
+``lpfl field --cleanup`` sweeps on demand. A record names a process by pid *and* start time, so a
+pid reused by an unrelated process is never killed.
+
 Client ``i`` gets namespace ``<prefix>-c<i>`` with veth end ``<prefix>c<i>`` at ``10.X.i.2/24``;
 its peer ``<prefix>h<i>`` in the root namespace holds ``10.X.i.1/24``, where the client reaches
 the server (through the delay proxy). ``X`` is picked among subnets not already on this host.
@@ -14,18 +22,25 @@ the server (through the delay proxy). ``X`` is picked among subnets not already 
 from __future__ import annotations
 
 import atexit
-import functools
+import contextlib
+import json
 import logging
 import os
 import secrets
 import shutil
+import signal
 import subprocess
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from types import TracebackType
 
 from lpfl.errors import LpflError
+from lpfl.results import write_json_atomic
 
 log = logging.getLogger(__name__)
+
+STATE_DIR = Path("/run/lpfl-field")
+"""Where live runs record themselves (tmpfs: gone after a reboot, like the namespaces)."""
 
 
 class NotPermitted(LpflError):
@@ -135,24 +150,123 @@ def create_links(prefix: str, count: int) -> list[ClientLink]:
     return links
 
 
-class Namespaces:
-    """``with Namespaces(n) as links:`` — n client namespaces, removed on exit (and at exit)."""
+@dataclass(frozen=True)
+class ProcessId:
+    """A process as the kernel knows it: the pid and its start time (clock ticks after boot),
+    which together never name two processes."""
 
-    def __init__(self, count: int, prefix: str | None = None) -> None:
+    pid: int
+    start: int
+
+    @classmethod
+    def of(cls, pid: int) -> ProcessId | None:
+        """The running process ``pid``; None when it is gone or a zombie."""
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+        except OSError:
+            return None
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state is field 3
+        if fields[0] in ("Z", "X"):
+            return None
+        return cls(pid, int(fields[19]))  # field 22: starttime
+
+    def alive(self) -> bool:
+        """Whether this very process still runs (not another that reuses the pid)."""
+        return ProcessId.of(self.pid) == self
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _netns_pids(name: str) -> list[int]:
+    return [int(word) for word in ip("netns", "pids", name, check=False).stdout.split()]
+
+
+def sweep(state_dir: Path = STATE_DIR) -> list[str]:
+    """Remove everything left by runs whose orchestrator is gone; returns their prefixes.
+
+    Runs whose owner still runs are left alone, so concurrent field runs do not disturb each
+    other. Records that cannot be read are reported and kept.
+    """
+    removed = []
+    for path in sorted(state_dir.glob("lf*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            owner = ProcessId(**record["owner"])
+            processes = [ProcessId(**p) for p in record["processes"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("cannot read the field run record %s (%s); remove it by hand", path, exc)
+            continue
+        if owner.alive():
+            continue
+        prefix = path.stem
+        netns, _ = list_owned(prefix)
+        for pid in [p.pid for p in processes if p.alive()]:
+            _kill(pid)
+        for name in netns:
+            for pid in _netns_pids(name):
+                _kill(pid)
+        cleanup(prefix)
+        path.unlink(missing_ok=True)
+        log.warning("removed what field run %s (pid %d, killed) left: namespaces %s, %d "
+                    "processes", prefix, owner.pid, netns or "none", len(processes))
+        removed.append(prefix)
+    return removed
+
+
+class Namespaces:
+    """``with Namespaces(n) as links:`` — n client namespaces, removed on exit (and at exit).
+
+    On entry it first removes what killed runs left (:func:`sweep`), then records this run in
+    ``state_dir``; :meth:`track` adds the processes the run starts to that record.
+    """
+
+    def __init__(self, count: int, prefix: str | None = None,
+                 state_dir: Path = STATE_DIR) -> None:
         reason = missing_privileges()
         if reason:
             raise NotPermitted(reason)
         self.count = count
         self.prefix = prefix or new_prefix()
         self.links: list[ClientLink] = []
-        self._at_exit = functools.partial(cleanup, self.prefix)
+        self.record = state_dir / f"{self.prefix}.json"
+        owner = ProcessId.of(os.getpid())
+        if owner is None:
+            raise LpflError("cannot read /proc/self/stat: lpfl field needs Linux's /proc")
+        self.owner = owner
+        self.processes: list[ProcessId] = []
+
+    def track(self, pid: int) -> None:
+        """Record a process this run started, so a sweep can kill it if the run is killed."""
+        process = ProcessId.of(pid)
+        if process is not None:
+            self.processes.append(process)
+            self._write()
+
+    def _write(self) -> None:
+        write_json_atomic(self.record, {"owner": asdict(self.owner),
+                                        "processes": [asdict(p) for p in self.processes]})
+
+    def _release(self) -> None:
+        cleanup(self.prefix)
+        self.record.unlink(missing_ok=True)
 
     def __enter__(self) -> list[ClientLink]:
-        atexit.register(self._at_exit)
-        self.links = create_links(self.prefix, self.count)
+        sweep(self.record.parent)
+        self.record.parent.mkdir(parents=True, exist_ok=True)
+        self._write()
+        atexit.register(self._release)
+        try:
+            self.links = create_links(self.prefix, self.count)
+        except BaseException:
+            self._release()
+            atexit.unregister(self._release)
+            raise
         return self.links
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        cleanup(self.prefix)
-        atexit.unregister(self._at_exit)
+        self._release()
+        atexit.unregister(self._release)

@@ -43,7 +43,7 @@ from ..launch import (
 )
 from ..run_report import full_model_payload
 from .delay_proxy import Chunk, ProxyGroup
-from .netns import ClientLink, Namespaces, NotPermitted, missing_privileges
+from .netns import Namespaces, NotPermitted, missing_privileges
 from .profiles import LinkProfile, load_profiles
 from .shaping import shape, verify
 
@@ -236,7 +236,8 @@ class FieldRunner:
 
         self.plan.out.mkdir(parents=True, exist_ok=True)
         written = []
-        with Namespaces(self.plan.clients) as links:
+        namespaces = Namespaces(self.plan.clients)
+        with namespaces as links:
             for profile in self.profiles:
                 checks = []
                 for link in links:
@@ -244,10 +245,10 @@ class FieldRunner:
                     checks += [asdict(m) | {"client": link.index}
                                for m in verify(link, profile, seconds=self.plan.verify_seconds)]
                 for method in self.plan.methods:
-                    written.append(self.run_one(links, profile, method, checks))
+                    written.append(self.run_one(namespaces, profile, method, checks))
         return write_field_report(self.plan.out, self.plan.target_accuracy, written)
 
-    def run_one(self, links: list[ClientLink], profile: LinkProfile, method: str,
+    def run_one(self, namespaces: Namespaces, profile: LinkProfile, method: str,
                 checks: list[dict[str, Any]]) -> Path:
         """One server run; writes ``OUT/<profile>/<method>/field.json`` and returns it."""
         out = self.plan.out / profile.name / method
@@ -259,7 +260,7 @@ class FieldRunner:
         rounds: list[dict[str, Any]] = []
         chunks: dict[str, dict[str, list[Chunk]]] = {}
         if budget.measured > 0:
-            rounds, chunks = self._serve(links, profile, method, budget, out)
+            rounds, chunks = self._serve(namespaces, profile, method, budget, out)
         rows = field_rows(rounds, chunks, profile)
         computes = [c["compute_seconds"] for r in rows for c in r["clients"]
                     if c["status"] == "updated"]
@@ -281,9 +282,12 @@ class FieldRunner:
         path.write_text(json.dumps(document, indent=1), encoding="utf-8")
         return path
 
-    def _serve(self, links: list[ClientLink], profile: LinkProfile, method: str,
+    def _serve(self, namespaces: Namespaces, profile: LinkProfile, method: str,
                budget: RoundBudget, out: Path
                ) -> tuple[list[dict[str, Any]], dict[str, dict[str, list[Chunk]]]]:
+        """One server and its clients; every process is tracked in the run's record, so a
+        sweep after a ``kill -9`` of this process can stop them."""
+        links = namespaces.links
         ids = [f"client-{link.index}" for link in links]
         tokens, tokens_file = prepare_run_dir(out, ids)
         port = free_port()
@@ -305,6 +309,7 @@ class FieldRunner:
         with (out / "server.log").open("wb") as server_log, group as proxy_ports:
             server = subprocess.Popen([*cli, "server", "--config", str(self.plan.config),
                                        *set_args], stdout=server_log, stderr=subprocess.STDOUT)
+            namespaces.track(server.pid)
             procs: list[subprocess.Popen[bytes]] = []
             try:
                 wait_for_port(port, server, timeout_s=300)
@@ -316,6 +321,7 @@ class FieldRunner:
                              f"ws://{link.host_ip}:{pport}", "--client-id", cid, "--config",
                              str(client_config)], stdout=log_file, stderr=subprocess.STDOUT,
                             env=env))
+                    namespaces.track(procs[-1].pid)
                 watch_rounds(server, results, budget.measured, self.plan.run_timeout_s)
             finally:
                 stop_processes([*procs, server])

@@ -1,0 +1,91 @@
+"""Device profiles: what an edge device may spend on a client, and how lpfl reaches it.
+
+One TOML file per device under ``configs/devices/``::
+
+    name = "phone-midrange"
+    kind = "phone"              # emulator | phone | jetson
+    cpu_arch = "aarch64"        # aarch64 | x86_64
+    memory_budget_mb = 1024     # the client's peak resident memory may not exceed this
+    threads = 4                 # torch intra-op threads
+    link = "lte"                # a profile of configs/links.toml (shaping in `lpfl field`)
+    route = "termux"            # termux: adb + a Python in a Termux-style prefix; native: ssh/shell
+    python = "/data/data/com.termux/files/usr/bin/python3"
+    device_dir = "/data/local/tmp/lpfl"
+    source = "where the numbers come from"
+
+The client checks ``memory_budget_mb`` before its first round (:mod:`lpfl.edge_client.budget`);
+``lpfl device`` uses ``route``, ``python`` and ``device_dir``. ``source`` is required, as for link
+profiles: a budget nobody can trace is a guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lpfl.config import build_section, read_toml
+from lpfl.errors import ConfigError
+
+KINDS = ("emulator", "phone", "jetson")
+ARCHS = ("aarch64", "x86_64")
+ROUTES = ("termux", "native")
+"""termux: driven over adb (push, reverse, shell); native: a board you log in to (a Jetson)."""
+DEVICES_DIR = Path(__file__).resolve().parent.parent / "configs" / "devices"
+"""The profiles that ship with lpfl (in a source checkout)."""
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """One device class; see the module docstring for the file format."""
+
+    name: str
+    kind: str
+    cpu_arch: str
+    memory_budget_mb: int
+    threads: int
+    link: str
+    source: str
+    route: str = "termux"
+    python: str = "/data/data/com.termux/files/usr/bin/python3"
+    device_dir: str = "/data/local/tmp/lpfl"
+
+    def __post_init__(self) -> None:
+        for key, allowed in (("kind", KINDS), ("cpu_arch", ARCHS), ("route", ROUTES)):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"device profile {self.name}: {key}={getattr(self, key)!r}; "
+                                  f"use one of {', '.join(allowed)}")
+        if not 64 <= self.memory_budget_mb <= 1_048_576:
+            raise ConfigError(f"device profile {self.name}: memory_budget_mb="
+                              f"{self.memory_budget_mb} must be in [64, 1048576] MB")
+        if not 1 <= self.threads <= 256:
+            raise ConfigError(f"device profile {self.name}: threads={self.threads} must be in "
+                              "[1, 256]")
+        if not self.source.strip():
+            raise ConfigError(f"device profile {self.name}: source is empty; cite where the "
+                              "numbers come from")
+        if self.route == "termux" and not (self.python.startswith("/")
+                                           and self.device_dir.startswith("/")):
+            raise ConfigError(f"device profile {self.name}: python and device_dir must be "
+                              "absolute paths on the device")
+
+    @property
+    def memory_budget_bytes(self) -> int:
+        return self.memory_budget_mb * 2**20
+
+
+def profile_path(name: str | Path) -> Path:
+    """The file a ``--profile`` value names: a path, or a bare name in ``configs/devices/``."""
+    path = Path(name)
+    return path if path.suffix or path.exists() else DEVICES_DIR / f"{path}.toml"
+
+
+def load_device_profile(name: str | Path) -> DeviceProfile:
+    """The profile in a TOML file (see :func:`profile_path`); errors name the file."""
+    path = profile_path(name)
+    table = read_toml(path)
+    try:
+        return build_section(DeviceProfile, table, "")
+    except TypeError as exc:  # a required key is missing
+        raise ConfigError(f"{path}: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,85 @@
+"""``ExportConfig``: what ``lpfl export`` builds, validated before any model is loaded."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from lpfl.config import ModelSettings, RunConfig, load_config
+from lpfl.errors import ConfigError
+
+TARGETS = ("executorch-xnnpack", "executorch-portable", "onnx")
+QUANTS = ("none", "int8", "8da4w")
+GROUP_SIZES = (32, 64, 128)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def runtime_of(target: str) -> str:
+    """The runtime that runs programs built for ``target``."""
+    return "onnxruntime" if target == "onnx" else "executorch"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """One export: which model, for which runtime, how quantized, how long, written where.
+
+    ``model`` is ``smollm2`` (the packaged default), a run config (``.toml``; its model, prompt
+    and LoRA settings are used) or a model source (a local model folder, a ``.gguf`` file,
+    ``tiny-llama``). ``max_seq_len`` 0 means the run config's ``model.max_length``.
+    ``group_size`` is the 8da4w weight group. ``training`` also exports the on-device training
+    program, for a batch of ``train_batch_size``.
+    """
+
+    model: str
+    target: str
+    out: Path
+    quant: str = "none"
+    max_seq_len: int = 0
+    group_size: int = 32
+    training: bool = False
+    train_batch_size: int = 8
+    parity_texts: int = 200
+    """How many MR sentences the export's decision-agreement check scores (0: skip it)."""
+
+    def __post_init__(self) -> None:
+        _require(bool(self.model), "--model is empty: use smollm2, a run config or a model path")
+        _require(self.target in TARGETS,
+                 f"--target {self.target!r}: use one of {', '.join(TARGETS)}")
+        _require(self.quant in QUANTS, f"--quant {self.quant!r}: use one of {', '.join(QUANTS)}")
+        _require(not (self.target == "onnx" and self.quant == "8da4w"),
+                 "--quant 8da4w is an ExecuTorch (XNNPACK) scheme: use --quant int8 for onnx "
+                 "or --target executorch-xnnpack for 8da4w")
+        _require(not (self.target == "executorch-portable" and self.quant != "none"),
+                 f"--quant {self.quant} needs the XNNPACK delegate's quantized kernels: use "
+                 "--target executorch-xnnpack, or --quant none for executorch-portable")
+        _require(self.max_seq_len == 0 or 8 <= self.max_seq_len <= 4096,
+                 f"--max-seq-len {self.max_seq_len} must be between 8 and 4096 (0: the run "
+                 "config's model.max_length)")
+        _require(self.group_size in GROUP_SIZES,
+                 f"--group-size {self.group_size}: use one of {GROUP_SIZES}")
+        _require(self.train_batch_size >= 1,
+                 f"--train-batch-size {self.train_batch_size} must be >= 1")
+        _require(self.parity_texts >= 0, f"--parity-texts {self.parity_texts} must be >= 0")
+        _require(not (self.training and self.target == "onnx"),
+                 "--training builds an ExecuTorch training program: use an executorch target")
+
+    @property
+    def runtime(self) -> str:
+        return runtime_of(self.target)
+
+    def run_config(self) -> RunConfig:
+        """The run settings to export: from a ``.toml`` file, or defaults with ``model`` as the
+        model source; ``model.max_length`` becomes ``max_seq_len`` when that is given."""
+        if self.model.endswith(".toml"):
+            config = load_config(Path(self.model))
+        else:
+            config = RunConfig(model=ModelSettings(source=self.model))
+        if self.max_seq_len:
+            model = dataclasses.replace(config.model, max_length=self.max_seq_len)
+            config = dataclasses.replace(config, model=model)
+        return config

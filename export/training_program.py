@@ -1,0 +1,396 @@
+"""An ExecuTorch training program for the prompt model with LoRA: forward + backward in one file.
+
+The program takes one fixed-shape batch (``input_ids``, ``attention_mask``, ``position_ids``,
+``targets`` ``[B, C]``, ``weights`` ``[B]``) and returns the weighted mean soft cross-entropy (the
+loss :func:`lpfl.training.train_steps` minimises for soft-ce), the class logits, the gradients of
+the LoRA tensors and the LoRA tensors themselves, which are the only trainable state. A client
+writes the global adapter into those tensors, steps an optimizer on them and reads them back
+(:mod:`lpfl.edge_client.program_trainer`).
+
+Stages, each a function testable alone (the recipe and its pitfalls are in FINDINGS.md):
+
+1. :func:`build_loss_module`: the prompt model's class logits plus the loss, with the frozen base
+   optionally stored quantized (``int8`` per output channel, ``4bit`` per group of 32, packed two
+   to a byte). Quantized weights are buffers that are de-quantized in ``forward``, so the program
+   stores integer constants while the LoRA tensors stay float32 parameters.
+2. :func:`export_loss`: ``torch.export`` under the MATH attention backend (the fused attention
+   backward has no out-variant kernel in ExecuTorch).
+3. :func:`decompose_empty_permuted`: the runtime has no ``aten::empty_permuted.out`` kernel.
+4. :func:`joint_program`: ``_export_forward_backward`` adds the backward graph.
+5. :func:`lower`: ``to_edge`` and ``to_executorch`` (portable and optimized CPU kernels; XNNPACK
+   cannot take a joint forward-backward graph, see the README).
+6. :func:`save`: writes the ``.pte``.
+
+Shapes are fixed (``batch_size`` x ``max_seq_len``): the trainer left-pads every batch to
+``max_seq_len`` and fills a short batch with weight-0 rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lpfl.errors import ModelError
+from lpfl.model.prompt import PromptModel
+from lpfl.training import example_losses
+
+if TYPE_CHECKING:
+    from executorch.exir import ExecutorchProgramManager
+
+log = logging.getLogger(__name__)
+
+QUANT_MODES = ("none", "int8", "4bit")
+GROUP_SIZE = 32  # 4-bit: one scale per 32 weights of a row
+INPUT_NAMES = ("input_ids", "attention_mask", "position_ids", "targets", "weights")
+METHOD = "forward"
+
+
+class PromptLoss(nn.Module):
+    """(input_ids, attention_mask, position_ids, targets, weights) -> (loss, class logits).
+
+    ``pm.network`` is registered as the ``network`` submodule, so program parameter names are
+    ``network.`` + the network's own parameter names.
+    """
+
+    def __init__(self, pm: PromptModel) -> None:
+        super().__init__()
+        if not pm.causal:
+            raise ModelError("the training program supports causal LMs only (model.source "
+                             "tiny-llama, smollm2 or another causal GGUF/folder)")
+        self.pm = copy.copy(pm)  # shares the network; class_logits calls self.pm.network
+        self.network = pm.network
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor, targets: torch.Tensor,
+                weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.pm.class_logits({"input_ids": input_ids, "attention_mask": attention_mask,
+                                       "position_ids": position_ids})
+        soft = torch.zeros(targets.shape[0], dtype=torch.bool)  # soft-ce: every row is CE
+        losses = example_losses(logits, targets, soft, "soft-ce")
+        loss = (losses * weights).sum() / weights.sum().clamp_min(1e-12)
+        return loss, logits.detach()
+
+
+def _int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per row: (codes ``[out, in]`` int8, scales ``[out, 1]`` float)."""
+    scale = weight.abs().amax(-1, keepdim=True).clamp_min(1e-12) / 127.0
+    codes = torch.round(weight / scale).clamp(-127, 127).to(torch.int8)
+    return codes, scale
+
+
+def _int4_groups(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric 4-bit per group of :data:`GROUP_SIZE` along a row, two codes per byte.
+
+    Returns (packed ``[out, in // 2]`` uint8, scales ``[out, in // GROUP_SIZE]`` float); a byte
+    holds ``code + 8`` of an even column in its low nibble and of the next column in its high.
+    """
+    rows, cols = weight.shape
+    groups = weight.reshape(rows, cols // GROUP_SIZE, GROUP_SIZE)
+    scale = groups.abs().amax(-1, keepdim=True).clamp_min(1e-12) / 7.0
+    codes = (torch.round(groups / scale).clamp(-8, 7) + 8).to(torch.uint8).reshape(rows, cols)
+    packed = codes[:, 0::2] | (codes[:, 1::2] << 4)
+    return packed, scale[..., 0]
+
+
+def dequantize(codes: torch.Tensor, scale: torch.Tensor, mode: str) -> torch.Tensor:
+    """Float32 rows from codes and scales of any leading shape (a weight, or gathered rows).
+
+    Only ops with portable ExecuTorch kernels: cast, mul, bitwise and, bitwise right shift (the
+    ``>>`` operator would export as ``__rshift__``, which has no kernel).
+    """
+    if mode == "int8":
+        return codes.to(torch.float32) * scale
+    low = torch.bitwise_and(codes, 15)
+    high = torch.bitwise_right_shift(codes, 4)
+    values = torch.stack([low, high], dim=-1).to(torch.float32) - 8.0
+    grouped = values.reshape(*scale.shape, GROUP_SIZE) * scale.unsqueeze(-1)
+    return grouped.reshape(*codes.shape[:-1], -1)
+
+
+class QuantizedWeight(nn.Module):
+    """A frozen weight matrix stored as integer codes (buffers ``codes`` and ``scale``)."""
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+
+    def __init__(self, weight: torch.Tensor, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        codes, scale = _int4_groups(weight) if mode == "4bit" else _int8_rows(weight)
+        self.register_buffer("codes", codes)
+        self.register_buffer("scale", scale)
+
+    def forward(self) -> torch.Tensor:
+        """The whole matrix in float32."""
+        return dequantize(self.codes, self.scale, self.mode)
+
+
+class QuantizedLinear(nn.Module):
+    """``nn.Linear`` with a quantized frozen weight (the bias, if any, stays float)."""
+
+    def __init__(self, linear: nn.Linear, weight: QuantizedWeight) -> None:
+        super().__init__()
+        self.in_features = linear.in_features
+        self.out_features = linear.out_features
+        self.qweight = weight
+        self.bias = linear.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.qweight(), self.bias)
+
+
+class QuantizedEmbedding(nn.Module):
+    """``nn.Embedding`` with a quantized table: gathers the rows' codes and scales first, then
+    de-quantizes only those, so a step never expands the whole table."""
+
+    def __init__(self, embedding: nn.Embedding, weight: QuantizedWeight) -> None:
+        super().__init__()
+        self.qweight = weight
+        self.embedding_dim = embedding.embedding_dim
+        self.num_embeddings = embedding.num_embeddings
+        self.padding_idx = embedding.padding_idx
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        weight = self.qweight
+        return dequantize(F.embedding(ids, weight.codes), F.embedding(ids, weight.scale),
+                          weight.mode)
+
+
+def _fits(module: nn.Module, mode: str) -> bool:
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.requires_grad or weight.dim() != 2:
+        return False
+    return mode != "4bit" or weight.shape[1] % GROUP_SIZE == 0
+
+
+def quantize_frozen(network: nn.Module, mode: str) -> dict[str, int]:
+    """Replace every frozen ``nn.Linear`` and ``nn.Embedding`` of ``network`` in place by its
+    quantized version; tied weights (embedding and LM head) share one quantized copy. Returns
+    how many of each were replaced. 4-bit needs rows that are a multiple of
+    :data:`GROUP_SIZE` long; other matrices stay float."""
+    if mode not in ("int8", "4bit"):
+        raise ValueError(f"quant={mode!r}: use one of {QUANT_MODES}")
+    shared: dict[int, QuantizedWeight] = {}
+    counts = {"linear": 0, "embedding": 0}
+    swaps: list[tuple[nn.Module, str, nn.Module]] = []
+    for parent in network.modules():
+        for name, child in parent.named_children():
+            is_linear = type(child) is nn.Linear
+            is_embedding = type(child) is nn.Embedding
+            if not (is_linear or is_embedding) or not _fits(child, mode):
+                continue
+            weight: torch.Tensor = child.weight  # type: ignore[assignment]
+            key = id(weight)
+            if key not in shared:
+                shared[key] = QuantizedWeight(weight.detach(), mode)
+            quantized: nn.Module
+            if is_linear:
+                assert isinstance(child, nn.Linear)
+                quantized = QuantizedLinear(child, shared[key])
+                counts["linear"] += 1
+            else:
+                assert isinstance(child, nn.Embedding)
+                quantized = QuantizedEmbedding(child, shared[key])
+                counts["embedding"] += 1
+            swaps.append((parent, name, quantized))
+    for parent, name, quantized in swaps:
+        setattr(parent, name, quantized)
+    return counts
+
+
+def build_loss_module(pm: PromptModel, quant: str = "none") -> PromptLoss:
+    """The module to export; with ``quant`` its frozen base is a quantized copy (``pm`` itself
+    is left untouched, so eager training keeps its float weights)."""
+    if quant not in QUANT_MODES:
+        raise ValueError(f"quant={quant!r}: use one of {QUANT_MODES}")
+    if any(isinstance(m, nn.Dropout) and m.p > 0 for m in pm.network.modules()):
+        raise ModelError("the training program has no dropout (ExecuTorch has no random "
+                         "kernels): set lora.dropout=0")
+    if quant == "none":
+        module = PromptLoss(pm)
+    else:
+        quantized = copy.copy(pm)
+        quantized.network = copy.deepcopy(pm.network)
+        counts = quantize_frozen(quantized.network, quant)
+        log.info("quantized %d linear and %d embedding weights to %s", counts["linear"],
+                 counts["embedding"], quant)
+        module = PromptLoss(quantized)
+    return module.eval()
+
+
+def example_inputs(pm: PromptModel, batch_size: int,
+                   max_seq_len: int) -> tuple[torch.Tensor, ...]:
+    """Inputs of the program's fixed shapes (the values only guide tracing)."""
+    ids = torch.full((batch_size, max_seq_len), pm.label_ids[0], dtype=torch.long)
+    mask = torch.ones(batch_size, max_seq_len, dtype=torch.long)
+    positions = torch.arange(max_seq_len).expand(batch_size, max_seq_len).contiguous()
+    targets = torch.full((batch_size, pm.num_classes), 1.0 / pm.num_classes)
+    weights = torch.ones(batch_size)
+    return ids, mask, positions, targets, weights
+
+
+@contextlib.contextmanager
+def eager_attention(network: nn.Module) -> Iterator[None]:
+    """Run the HF model with its plain (matmul + softmax) attention while inside.
+
+    With the SDPA attention the exported graph reshapes SDPA's output with a ``view`` that no
+    longer fits its strides once the joint pass decomposes SDPA, and the export fails.
+    """
+    config = getattr(network, "config", None)
+    if config is None:
+        yield
+        return
+    before = config._attn_implementation
+    config._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+
+
+def export_loss(module: PromptLoss,
+                inputs: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
+    """``torch.export`` (non-strict, for the HF model) with eager attention, under the MATH
+    SDPA backend."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.MATH]), eager_attention(module.network):
+        return torch.export.export(module, inputs, strict=False)
+
+
+def _empty_like_permuted(size: list[int], physical_layout: list[int], *,
+                         dtype: torch.dtype | None = None, layout: torch.layout | None = None,
+                         device: torch.device | None = None, pin_memory: bool | None = None,
+                         ) -> torch.Tensor:
+    del physical_layout, layout, pin_memory  # a contiguous buffer is as good in ExecuTorch
+    return torch.empty(size, dtype=dtype, device=device)
+
+
+def decompose_empty_permuted(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """Rewrite ``aten.empty_permuted`` (no ExecuTorch kernel) as a plain ``aten.empty``."""
+    table = {torch.ops.aten.empty_permuted.default: _empty_like_permuted}
+    decomposed: torch.export.ExportedProgram = ep.run_decompositions(table)
+    return decomposed
+
+
+def joint_program(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """Add the backward graph: outputs become (loss, logits, gradients..., parameters...)."""
+    from torch.export.experimental import _export_forward_backward
+
+    # The joint graph is re-traced from the exported one: keep attention on MATH here too.
+    with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
+        joint: torch.export.ExportedProgram = _export_forward_backward(ep, joint_loss_index=0)
+    return joint
+
+
+def _is_transpose(node: object) -> bool:
+    return (isinstance(node, torch.fx.Node) and node.target == torch.ops.aten.permute.default
+            and list(node.args[1]) == [1, 0])  # type: ignore[arg-type]
+
+
+def _broadcast_transpose_of(node: torch.fx.Node) -> torch.fx.Node | None:
+    """``W`` if ``node`` is ``W.T`` expanded over a batch (how ``matmul`` feeds ``bmm``)."""
+    if node.target == torch.ops.aten.view.default:
+        node = node.args[0]  # type: ignore[assignment]
+    if (node.target == torch.ops.aten.expand.default and len(node.args[1]) == 3  # type: ignore[arg-type]
+            and _is_transpose(node.args[0])):
+        return node.args[0].args[0]  # type: ignore[union-attr,return-value]
+    return None
+
+
+def _call(graph: torch.fx.Graph, op: Any, *args: Any) -> torch.fx.Node:
+    """A new node with its fake value, which later passes read for shapes."""
+    node = graph.call_function(op, args)
+    node.meta["val"] = op(*(a.meta["val"] if isinstance(a, torch.fx.Node) else a for a in args))
+    return node
+
+
+def _unbatched(graph: torch.fx.Graph, bmm: torch.fx.Node, op: Any,
+               weight: torch.fx.Node) -> torch.fx.Node:
+    """``op(x, weight)`` on the rows of every batch at once, shaped like ``bmm``'s output."""
+    x: torch.fx.Node = bmm.args[0]  # type: ignore[assignment]
+    with graph.inserting_before(bmm):
+        rows = _call(graph, torch.ops.aten.view.default, x, [-1, x.meta["val"].shape[-1]])
+        return _call(graph, torch.ops.aten.view.default, _call(graph, op, rows, weight),
+                     list(bmm.meta["val"].shape))
+
+
+def transpose_free_matmuls(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """Drop the weight transposes of the linear layers, in place; returns ``ep``.
+
+    ExecuTorch has no strided views, so every ``permute`` or ``expand`` is a copy: the joint graph
+    copies each weight matrix into its transpose for ``mm(x, W.T)`` and transposes that back for
+    the input gradient ``mm(g, W)``; the LM head (a linear on a sliced, non-contiguous hidden
+    state) even becomes a ``bmm`` against ``W.T`` copied once per batch row. Here
+    ``permute(permute(W))`` becomes ``W``, ``mm(x, permute(W))`` becomes ``linear(x, W)`` (its
+    kernel reads ``W`` transposed in place), and the LM head's two ``bmm`` become ``linear`` and
+    ``mm`` on the rows.
+    """
+    graph = ep.graph_module.graph
+    for node in list(graph.nodes):
+        if _is_transpose(node) and _is_transpose(node.args[0]):
+            node.replace_all_uses_with(node.args[0].args[0])  # type: ignore[union-attr]
+    for node in list(graph.nodes):
+        if node.target == torch.ops.aten.mm.default and _is_transpose(node.args[1]):
+            with graph.inserting_before(node):
+                fused = graph.call_function(torch.ops.aten.linear.default,
+                                            (node.args[0], node.args[1].args[0]))  # type: ignore[union-attr]
+            fused.meta = dict(node.meta)
+            node.replace_all_uses_with(fused)
+        elif node.target == torch.ops.aten.bmm.default:
+            rhs: torch.fx.Node = node.args[1]  # type: ignore[assignment]
+            weight = _broadcast_transpose_of(rhs)
+            if weight is not None:  # x @ W.T
+                node.replace_all_uses_with(
+                    _unbatched(graph, node, torch.ops.aten.linear.default, weight))
+            elif rhs.target == torch.ops.aten.permute.default and list(rhs.args[1]) == [0, 2, 1]:
+                weight = _broadcast_transpose_of(rhs.args[0])  # type: ignore[arg-type]
+                if weight is not None:  # g @ W
+                    node.replace_all_uses_with(
+                        _unbatched(graph, node, torch.ops.aten.mm.default, weight))
+    graph.eliminate_dead_code()
+    ep.graph_module.recompile()
+    return ep
+
+
+def lower(ep: torch.export.ExportedProgram) -> ExecutorchProgramManager:
+    """Edge dialect, then the ExecuTorch program (out-variant kernels, planned memory).
+
+    ``aten.linear`` is kept whole (see :func:`transpose_free_matmuls`).
+    """
+    from executorch.exir import EdgeCompileConfig, to_edge
+
+    config = EdgeCompileConfig(_check_ir_validity=False,
+                               preserve_ops=[torch.ops.aten.linear.default])
+    return to_edge(ep, compile_config=config).to_executorch()
+
+
+def save(program: ExecutorchProgramManager, out_file: Path) -> Path:
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    with out_file.open("wb") as fh:
+        program.write_to_file(fh)
+    log.info("wrote %s (%.1f MB)", out_file, out_file.stat().st_size / 1e6)
+    return out_file
+
+
+def export_training_program(pm: PromptModel, *, quant: str, max_seq_len: int, batch_size: int,
+                            out_file: Path) -> Path:
+    """Export ``pm`` (with LoRA attached) as a training program; returns ``out_file``."""
+    if max_seq_len < 2 or batch_size < 1:
+        raise ValueError(f"max_seq_len={max_seq_len} and batch_size={batch_size} must be >= 2, 1")
+    module = build_loss_module(pm, quant)
+    trainable = [n for n, p in module.named_parameters() if p.requires_grad]
+    if not trainable:
+        raise ModelError("the prompt model has no trainable tensors: attach LoRA first "
+                         "(lpfl.model.adapters.set_mode(pm, 'lora', settings))")
+    ep = export_loss(module, example_inputs(pm, batch_size, max_seq_len))
+    ep = transpose_free_matmuls(decompose_empty_permuted(joint_program(ep)))
+    return save(lower(ep), out_file)

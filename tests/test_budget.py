@@ -1,0 +1,114 @@
+"""The client's memory budget: measured at startup, refused with a message, never an OOM."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lpfl.edge_client.budget import (
+    OverBudget,
+    check_budget,
+    enforce_profile,
+    measure,
+    peak_rss_bytes,
+    round_probe,
+)
+from lpfl.edge_client.local_round import LocalClient
+from lpfl.simulate import federated_data, fresh_prompt_model, method_mode
+
+from .conftest import tiny_config
+
+MIB = 2**20
+RUN = """
+[model]
+source = "tiny-llama"
+max_length = 48
+[data]
+test_size = 100
+validation_size = 0
+shots_per_class = 8
+unlabeled_per_client = 16
+num_clients = 2
+[federation]
+rounds = 2
+clients_per_round = 2
+local_steps = 2
+batch_size = 4
+[run]
+methods = ["lp-fl"]
+"""
+
+
+def profile_file(path: Path, budget_mb: int) -> Path:
+    path.write_text(f'name = "small-device"\nkind = "phone"\ncpu_arch = "aarch64"\n'
+                    f'memory_budget_mb = {budget_mb}\nthreads = 1\nlink = "lte"\n'
+                    'source = "a test"\n')
+    return path
+
+
+def tiny_client() -> LocalClient:
+    config = tiny_config()
+    data = federated_data(config, 0)
+    pm = fresh_prompt_model(config, method_mode("lp-fl"), 0)
+    return LocalClient("client-0", 0, pm, data.labeled[0], data.unlabeled[0], 8)
+
+
+def test_within_the_budget_reports_the_headroom() -> None:
+    footprint = check_budget(300 * MIB, 512 * MIB, "phone", {"model.max_length": 64})
+    assert footprint.headroom_bytes == 212 * MIB
+
+
+def test_over_the_budget_names_the_settings_to_change() -> None:
+    with pytest.raises(OverBudget) as caught:
+        check_budget(700 * MIB, 512 * MIB, "phone-midrange",
+                     {"model.max_length": 64, "federation.batch_size": 8, "backend": "eager"})
+    message = str(caught.value)
+    assert "700 MiB, over the 512 MiB memory_budget_mb of device profile phone-midrange" in message
+    for setting in ("model.max_length=64", "federation.batch_size=8", "backend=eager",
+                    "Lower model.max_length or federation.batch_size", "int8 program"):
+        assert setting in message
+
+
+def test_the_probe_measures_a_batch_and_changes_nothing() -> None:
+    client = tiny_client()
+    before = client.runtime.trainer.state()
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    peak = measure(round_probe(client, batch_size=4, max_length=48))
+    assert peak >= peak_rss_bytes() > 0
+    torch.testing.assert_close(torch.rand(3), expected)
+    after = client.runtime.trainer.state()
+    for name, tensor in before.items():
+        assert torch.equal(after[name], tensor), name
+
+
+def test_a_generous_profile_passes_and_sets_the_threads(tmp_path: Path) -> None:
+    config = tiny_config()
+    threads = torch.get_num_threads()
+    try:
+        footprint = enforce_profile(tiny_client(), config,
+                                    profile_file(tmp_path / "p.toml", 1_000_000))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert 0 < footprint.peak_bytes < footprint.budget_bytes
+
+
+def test_lpfl_client_over_budget_refuses_before_connecting(tmp_path: Path) -> None:
+    """A real `lpfl client` process: a clear error and exit 2, no traceback, no server needed."""
+    run = tmp_path / "run.toml"
+    run.write_text(RUN)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lpfl.cli", "client", "--server", "ws://127.0.0.1:9",
+         "--client-id", "client-0", "--token", "t", "--config", str(run),
+         "--profile", str(profile_file(tmp_path / "p.toml", 64))],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "memory_budget_mb of device profile small-device" in proc.stderr
+    assert "model.max_length=48, federation.batch_size=4" in proc.stderr

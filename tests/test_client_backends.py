@@ -1,0 +1,125 @@
+"""A client on exported programs computes the same round as the eager client.
+
+One tiny-llama artefact (XNNPACK score program + ExecuTorch training program) is exported per
+module; an eager client and a program client then run the same round from the same global
+adapter: the same soft labels, the same number of examples and (within float tolerance) the same
+trained adapter. The ONNX Runtime backend scores with its program and trains eagerly.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+import torch
+
+from lpfl.config import RunConfig
+from lpfl.data import load_corpus
+from lpfl.edge_client.backends import ClientRuntime, check_backend, program_runtime
+from lpfl.edge_client.local_round import LocalClient
+from lpfl.edge_client.lpfl_trainer import lpfl_trainer
+from lpfl.errors import ArtefactError, ConfigError
+from lpfl.export.config import ExportConfig
+from lpfl.export.pipeline import run_export
+from lpfl.model.adapters import trainable_state
+from lpfl.model.prompt import PromptModel
+from lpfl.simulate import fresh_prompt_model
+from tests.export_artefacts import exported
+
+TRAIN_BATCH = 4
+SETTINGS = {"seed": 3, "local_steps": 4, "batch_size": TRAIN_BATCH, "lr": 0.01,
+            "soft_label_budget": 4, "soft_label_threshold": 0.0, "soft_label_balanced": False}
+
+
+@pytest.fixture(scope="module")
+def artefact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunConfig]:
+    torch.set_num_threads(1)
+    config = ExportConfig(model="tiny-llama", target="executorch-xnnpack", max_seq_len=32,
+                          training=True, train_batch_size=TRAIN_BATCH, parity_texts=0,
+                          out=tmp_path_factory.mktemp("artefact"))
+    run_export(config)
+    return config.out, config.run_config()
+
+
+def _eager(run: RunConfig) -> PromptModel:
+    return fresh_prompt_model(run, "lora", seed=0)
+
+
+def _client(model: PromptModel | ClientRuntime) -> LocalClient:
+    corpus = load_corpus("mr")
+    return LocalClient("client-0", 0, model, corpus[:12], corpus[100:120], eval_batch_size=8)
+
+
+def _global_state(run: RunConfig) -> dict[str, torch.Tensor]:
+    """A non-trivial adapter (PEFT starts LoRA B at zero, which would hide a wrong B)."""
+    gen = torch.Generator().manual_seed(7)
+    return {name: torch.randn(t.shape, generator=gen) * 0.05
+            for name, t in trainable_state(_eager(run)).items()}
+
+
+def test_program_client_computes_the_eager_round(artefact: tuple[Path, RunConfig]) -> None:
+    folder, run = artefact
+    runtime = program_runtime("executorch", folder, "tiny-llama", lambda: _eager(run))
+    assert (runtime.backend, runtime.training) == ("executorch", "executorch")
+    state = _global_state(run)
+    eager = _client(_eager(run)).train_round(1, state, SETTINGS)
+    program = _client(runtime).train_round(1, state, SETTINGS)
+    assert program.num_examples == eager.num_examples == 16
+    assert program.metrics["soft_labels_added"] == eager.metrics["soft_labels_added"] == 4
+    assert program.metrics["train_loss"] == pytest.approx(eager.metrics["train_loss"], abs=1e-4)
+    for name, tensor in eager.state.items():
+        torch.testing.assert_close(program.state[name], tensor, atol=1e-4, rtol=1e-3)
+    assert any(not torch.equal(program.state[n], state[n]) for n in state)  # it trained
+
+
+def test_program_client_says_what_it_runs(artefact: tuple[Path, RunConfig]) -> None:
+    folder, run = artefact
+    caps = _client(program_runtime("executorch", folder, "tiny-llama",
+                                   lambda: _eager(run))).capabilities()
+    assert (caps["backend"], caps["training"]) == ("executorch", "executorch")
+    assert caps["runtime"]["executorch"] and caps["runtime"]["model"] == "tiny-llama"
+    assert caps["peak_rss_bytes"] > 0
+
+
+def test_eager_training_is_chosen_on_request(artefact: tuple[Path, RunConfig]) -> None:
+    folder, run = artefact
+    built: list[PromptModel] = []
+
+    def eager_model() -> PromptModel:
+        built.append(_eager(run))
+        return built[-1]
+
+    runtime = program_runtime("executorch", folder, "tiny-llama", eager_model,
+                              eager_training=True)
+    assert runtime.training == "eager" and len(built) == 1
+
+
+def test_onnx_backend_scores_with_its_program_and_trains_eagerly() -> None:
+    folder, _, _ = exported("onnx")
+    run = ExportConfig(model="tiny-llama", target="onnx", out=folder, max_seq_len=48).run_config()
+    runtime = program_runtime("onnxruntime", folder, "tiny-llama", lambda: _eager(run))
+    assert (runtime.backend, runtime.training) == ("onnxruntime", "eager")
+    state = _global_state(run)
+    eager = _client(_eager(run)).train_round(1, state, SETTINGS)
+    onnx = _client(runtime).train_round(1, state, SETTINGS)
+    assert onnx.metrics["soft_labels_added"] == eager.metrics["soft_labels_added"]
+    for name, tensor in eager.state.items():
+        torch.testing.assert_close(onnx.state[name], tensor, atol=1e-4, rtol=1e-3)
+
+
+def test_a_program_for_another_model_is_refused(artefact: tuple[Path, RunConfig]) -> None:
+    folder, run = artefact
+    with pytest.raises(ArtefactError, match="model"):
+        program_runtime("executorch", folder, "smollm2-135m-instruct-q4_1", lambda: _eager(run))
+
+
+def test_backend_arguments_are_checked() -> None:
+    with pytest.raises(ConfigError, match="--artefact"):
+        check_backend("executorch", None)
+    with pytest.raises(ConfigError, match="use one of"):
+        check_backend("tflite", Path("x"))
+    args = argparse.Namespace(config=None, client_id="client-0", backend="onnxruntime",
+                              artefact=None, eager_training=False, profile=None)
+    with pytest.raises(ConfigError, match="--config"):
+        lpfl_trainer(args)

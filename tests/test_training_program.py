@@ -1,0 +1,303 @@
+"""The ExecuTorch training program: same trainable tensors, loss, logits and updates as eager.
+
+Tiny-llama programs are exported once per module (about a minute each on one thread); the real
+SmolLM2 program is a ``slow`` test (export several minutes, 20 training steps).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lpfl.config import LoraSettings, ModelSettings, PromptSettings
+from lpfl.data import load_corpus
+from lpfl.edge_client.program_trainer import (
+    ProgramTrainer,
+    pad_inputs,
+    peft_name,
+    program_train_steps,
+)
+from lpfl.errors import ArtefactError, ModelError
+from lpfl.export.training_program import (
+    GROUP_SIZE,
+    _int4_groups,
+    _int8_rows,
+    build_loss_module,
+    decompose_empty_permuted,
+    dequantize,
+    example_inputs,
+    export_loss,
+    export_training_program,
+    joint_program,
+    quantize_frozen,
+    transpose_free_matmuls,
+)
+from lpfl.model.adapters import load_trainable_state, set_mode, trainable_state
+from lpfl.model.loading import load_base_model
+from lpfl.model.prompt import PromptModel
+from lpfl.training import TrainExample, example_losses, hard_example, train_steps
+
+SEQ = 24
+BATCH = 4
+# Eager and program run the same maths with differently ordered float32 reductions.
+LOSS_TOL = 1e-4
+STATE_TOL = 1e-4
+
+
+def prompt_model(source: str, max_length: int) -> PromptModel:
+    torch.set_num_threads(1)
+    base = load_base_model(ModelSettings(source=source, max_length=max_length))
+    pm = PromptModel(base, PromptSettings(), max_length)
+    torch.manual_seed(0)
+    set_mode(pm, "lora", LoraSettings(r=4, target_modules=("q_proj", "v_proj")))
+    return pm
+
+
+def random_adapter(pm: PromptModel, seed: int) -> dict[str, torch.Tensor]:
+    """A non-trivial adapter (PEFT starts lora_B at zero, which hides mistakes)."""
+    gen = torch.Generator().manual_seed(seed)
+    return {k: 0.2 * torch.randn(v.shape, generator=gen) for k, v in trainable_state(pm).items()}
+
+
+def examples(n_hard: int = 10, n_soft: int = 4) -> list[TrainExample]:
+    """Hard and weighted soft examples: 14 of them make batches of 4 end with a short one."""
+    corpus = load_corpus("mr")
+    hard = [hard_example(e.text, e.label, 2) for e in corpus[:n_hard]]
+    soft = [TrainExample(e.text, (0.3, 0.7), weight=0.5, soft=True)
+            for e in corpus[n_hard : n_hard + n_soft]]
+    return hard + soft
+
+
+def weighted_loss(logits: torch.Tensor, targets: torch.Tensor,
+                  weights: torch.Tensor) -> torch.Tensor:
+    losses = example_losses(logits, targets, torch.zeros(len(targets), dtype=torch.bool),
+                            "soft-ce")
+    return (losses * weights).sum() / weights.sum()
+
+
+@pytest.fixture(scope="module")
+def pm() -> PromptModel:
+    return prompt_model("tiny-llama", SEQ)
+
+
+@pytest.fixture(scope="module")
+def fp32_program(pm: PromptModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("programs") / "fp32.pte"
+    return export_training_program(pm, quant="none", max_seq_len=SEQ, batch_size=BATCH,
+                                   out_file=out)
+
+
+@pytest.fixture(scope="module")
+def int8_program(pm: PromptModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("programs") / "int8.pte"
+    return export_training_program(pm, quant="int8", max_seq_len=SEQ, batch_size=BATCH,
+                                   out_file=out)
+
+
+# --- pieces that need no export -------------------------------------------------------------
+
+
+def test_int8_and_4bit_codes_round_trip_within_half_a_step() -> None:
+    weight = torch.randn(6, 4 * GROUP_SIZE)
+    codes, scale = _int8_rows(weight)
+    assert codes.dtype == torch.int8 and scale.shape == (6, 1)
+    assert (dequantize(codes, scale, "int8") - weight).abs().max() <= scale.max() / 2 + 1e-6
+    packed, scale4 = _int4_groups(weight)
+    assert packed.dtype == torch.uint8 and packed.shape == (6, 2 * GROUP_SIZE)
+    assert scale4.shape == (6, 4)
+    error = (dequantize(packed, scale4, "4bit") - weight).abs()
+    assert error.max() <= scale4.max() / 2 + 1e-6
+    # Gathered rows de-quantize like the rows of the whole matrix (the embedding path).
+    rows = torch.tensor([[4, 1]])
+    torch.testing.assert_close(dequantize(packed[rows], scale4[rows], "4bit"),
+                               dequantize(packed, scale4, "4bit")[rows])
+
+
+@pytest.mark.parametrize("mode", ["int8", "4bit"])
+def test_quantizing_keeps_the_lora_trainable_and_the_tied_table_shared(mode: str) -> None:
+    pm = prompt_model("tiny-llama", SEQ)
+    before = dict(pm.network.named_parameters())
+    module = build_loss_module(pm, mode)
+    trainable = {n.removeprefix("network."): p for n, p in module.named_parameters()
+                 if p.requires_grad}
+    assert set(trainable) == {n for n, p in before.items() if p.requires_grad}
+    assert all(p.dtype == torch.float32 for p in trainable.values())
+    frozen = [n for n, p in module.named_parameters() if not p.requires_grad]
+    assert all(n.endswith("norm.weight") for n in frozen), frozen  # only the norms stay float
+    codes = [n for n, _ in module.named_buffers() if n.endswith("codes")]
+    assert len(codes) == 2 * 7 + 1  # 7 linear layers per block, one table for embed + LM head
+    assert dict(pm.network.named_parameters()).keys() == before.keys()  # pm left untouched
+
+
+def test_quantize_frozen_refuses_an_unknown_mode() -> None:
+    with pytest.raises(ValueError, match="quant"):
+        quantize_frozen(torch.nn.Linear(2, 2), "int3")
+
+
+def test_dropout_is_refused() -> None:
+    base = load_base_model(ModelSettings(source="tiny-llama", max_length=SEQ))
+    pm = PromptModel(base, PromptSettings(), SEQ)
+    set_mode(pm, "lora", LoraSettings(dropout=0.1))
+    with pytest.raises(ModelError, match="dropout"):
+        build_loss_module(pm)
+
+
+def test_padding_fills_columns_on_the_left_and_rows_with_weight_zero(pm: PromptModel) -> None:
+    batch = pm.encode(["fine", "a dull mess"])
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    ids, mask, positions, padded_targets, weights = pad_inputs(
+        batch, targets, torch.tensor([1.0, 2.0]), BATCH, SEQ)
+    width = batch["input_ids"].shape[1]
+    assert ids.shape == mask.shape == positions.shape == (BATCH, SEQ)
+    torch.testing.assert_close(ids[:2, -width:], batch["input_ids"])
+    assert int(mask[:2, : SEQ - width].sum()) == 0
+    assert weights.tolist() == [1.0, 2.0, 0.0, 0.0]
+    assert padded_targets.shape == (BATCH, 2)
+    with pytest.raises(ValueError, match="does not fit"):
+        pad_inputs(batch, targets, torch.ones(2), 1, SEQ)
+
+
+def test_peft_names_drop_the_prefix_and_adapter() -> None:
+    name = "network.base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"
+    assert peft_name(name) == "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+
+
+def test_the_joint_graph_never_transposes_a_weight(pm: PromptModel) -> None:
+    """Op-count guard: a transposed weight is a full copy per step in ExecuTorch."""
+    ep = export_loss(build_loss_module(pm), example_inputs(pm, BATCH, SEQ))
+    ep = transpose_free_matmuls(decompose_empty_permuted(joint_program(ep)))
+    weights = {n.name for n in ep.graph.nodes if n.op == "placeholder"
+               and n.name in ep.graph_signature.inputs_to_parameters}
+    ops = [(n.target, n.args[0].name) for n in ep.graph.nodes
+           if n.op == "call_function" and isinstance(n.args[0], torch.fx.Node)]
+    permuted = [name for op, name in ops
+                if op == torch.ops.aten.permute.default and name in weights]
+    assert permuted == []
+    assert sum(op == torch.ops.aten.linear.default for op, _ in ops) >= 2 * 7 + 4  # + LoRA
+    assert not any(op == torch.ops.aten.empty_permuted.default for op, _ in ops)
+
+
+# --- the fp32 program -----------------------------------------------------------------------
+
+
+def test_program_trains_exactly_the_lora_tensors(pm: PromptModel, fp32_program: Path) -> None:
+    trainer = ProgramTrainer(fp32_program)
+    expected = trainable_state(pm)
+    assert set(trainer.parameters) == set(expected)
+    for name, tensor in trainer.parameters.items():
+        assert tensor.shape == expected[name].shape
+    assert (trainer.batch_size, trainer.seq_len, trainer.num_classes) == (BATCH, SEQ, 2)
+
+
+def test_a_new_adapter_gives_eager_loss_and_logits(pm: PromptModel, fp32_program: Path) -> None:
+    trainer = ProgramTrainer(fp32_program.read_bytes())
+    adapter = random_adapter(pm, 1)
+    trainer.load_state(adapter)
+    load_trainable_state(pm, adapter)
+    batch = pm.encode([e.text for e in examples()[:3]])
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.3, 0.7]])
+    weights = torch.tensor([1.0, 0.5, 2.0])
+    with torch.no_grad():
+        logits = pm.class_logits(batch)
+        loss = float(weighted_loss(logits, targets, weights))
+    program_loss, program_logits = trainer.run(batch, targets, weights)
+    torch.testing.assert_close(program_logits, logits, atol=1e-5, rtol=1e-5)
+    assert program_loss == pytest.approx(loss, abs=1e-5)
+    torch.testing.assert_close(trainer.state(), adapter)
+
+
+def test_a_state_that_does_not_fit_is_refused(fp32_program: Path, pm: PromptModel) -> None:
+    trainer = ProgramTrainer(fp32_program)
+    state = trainable_state(pm)
+    with pytest.raises(ArtefactError, match="missing"):
+        trainer.load_state(dict(list(state.items())[1:]))
+    name = next(iter(state))
+    with pytest.raises(ArtefactError, match="shape"):
+        trainer.load_state({**state, name: torch.zeros(1)})
+    with pytest.raises(ArtefactError, match="does not exist"):
+        ProgramTrainer(Path("/nonexistent/program.pte"))
+
+
+def test_loss_tracks_eager_for_20_steps(pm: PromptModel, fp32_program: Path) -> None:
+    """20 single AdamW steps on both sides, from the same adapter and the same batches."""
+    trainer = ProgramTrainer(fp32_program)
+    adapter = random_adapter(pm, 2)
+    load_trainable_state(pm, adapter)
+    trainer.load_state(adapter)
+    data = examples()
+    eager_rng, program_rng = np.random.default_rng(7), np.random.default_rng(7)
+    eager, program = [], []
+    for _ in range(20):
+        eager.append(train_steps(pm, data, 1, BATCH, 1e-2, eager_rng))
+        program.append(program_train_steps(trainer, pm.encode, data, 1, BATCH, 1e-2,
+                                           program_rng))
+    np.testing.assert_allclose(program, eager, atol=LOSS_TOL)
+    assert eager[-1] < eager[0]
+    final = trainable_state(pm)
+    torch.testing.assert_close(trainer.state(), final, atol=STATE_TOL, rtol=0)
+
+
+def test_program_train_steps_is_a_drop_in_for_train_steps(pm: PromptModel,
+                                                          fp32_program: Path) -> None:
+    """One call of 20 steps (AdamW moments carried), KL loss, weight decay, short batches."""
+    trainer = ProgramTrainer(fp32_program)
+    adapter = random_adapter(pm, 3)
+    load_trainable_state(pm, adapter)
+    trainer.load_state(adapter)
+    data = examples()
+    eager = train_steps(pm, data, 20, BATCH, 5e-3, np.random.default_rng(11), "kl", 0.01)
+    program = program_train_steps(trainer, pm.encode, data, 20, BATCH, 5e-3,
+                                  np.random.default_rng(11), "kl", 0.01)
+    assert program == pytest.approx(eager, abs=LOSS_TOL)
+    torch.testing.assert_close(trainer.state(), trainable_state(pm), atol=STATE_TOL, rtol=0)
+
+
+# --- the int8 program -----------------------------------------------------------------------
+
+
+def test_int8_program_is_smaller_and_matches_eager_on_its_weights(
+        pm: PromptModel, fp32_program: Path, int8_program: Path) -> None:
+    ratio = int8_program.stat().st_size / fp32_program.stat().st_size
+    assert ratio < 0.45  # the tiny model's float LoRA and graph are a large share here
+    trainer = ProgramTrainer(int8_program)
+    adapter = random_adapter(pm, 4)
+    trainer.load_state(adapter)
+    load_trainable_state(pm, adapter)
+    dequantized = build_loss_module(pm, "int8")  # eager, on the de-quantized weights
+    batch = pm.encode([e.text for e in examples()[:3]])
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.3, 0.7]])
+    weights = torch.ones(3)
+    inputs = pad_inputs(batch, targets, weights, BATCH, SEQ)
+    with torch.no_grad():
+        loss, logits = dequantized(*inputs)
+        float_logits = pm.class_logits(batch)
+    program_loss, program_logits = trainer.run(batch, targets, weights)
+    torch.testing.assert_close(program_logits, logits[:3], atol=1e-5, rtol=1e-5)
+    assert program_loss == pytest.approx(float(loss), abs=1e-5)
+    assert (program_logits - float_logits).abs().max() < 0.05  # int8 error vs float weights
+
+
+# --- the real model -------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.smollm2
+def test_smollm2_program_tracks_eager_for_20_steps(tmp_path: Path) -> None:
+    pm = prompt_model("smollm2", 64)
+    program = export_training_program(pm, quant="none", max_seq_len=64, batch_size=BATCH,
+                                      out_file=tmp_path / "smollm2.pte")
+    trainer = ProgramTrainer(program)
+    start = trainable_state(pm)
+    trainer.load_state(start)
+    data = examples(16, 4)
+    eager_rng, program_rng = np.random.default_rng(0), np.random.default_rng(0)
+    eager, device = [], []
+    for _ in range(20):
+        eager.append(train_steps(pm, data, 1, BATCH, 1e-3, eager_rng))
+        device.append(program_train_steps(trainer, pm.encode, data, 1, BATCH, 1e-3,
+                                          program_rng))
+    np.testing.assert_allclose(device, eager, atol=1e-3)
+    torch.testing.assert_close(trainer.state(), trainable_state(pm), atol=1e-3, rtol=0)
