@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
 EXPORT_RUNTIMES = ("executorch", "onnxruntime")
+ARTEFACT_MOUNT = "/lpfl-artefact"
+"""Where a client with a program backend sees the artefact folder, inside the root."""
 
 
 @dataclass(frozen=True)
@@ -118,22 +120,24 @@ def source_tree(run_dir: Path) -> Path:
 
 
 def client_command(root: Path, run_dir: Path, config: Path, server: str, client_id: str,
-                   token: str, choice: BackendChoice,
+                   token: str, choice: BackendChoice, artefacts: Path | None = None,
                    profile: str | None = None) -> ChrootCommand:
-    """The command of one emulated client; ``config`` is copied into ``run_dir``."""
+    """The command of one emulated client; ``config`` is copied into ``run_dir``, and the
+    artefact folder is mounted when ``choice`` is a program backend."""
     inside_config = f"{RUN_MOUNT}/arm-{client_id}.toml"
     shutil.copyfile(config, run_dir / f"arm-{client_id}.toml")
     tree = source_tree(run_dir)
     argv = [f"{VENV}/bin/python", "-m", "lpfl.cli", "client", "--server", server,
             "--client-id", client_id, "--config", inside_config]
-    if choice.backend != "eager":
-        argv += ["--backend", choice.backend]
+    binds = {REPO: SRC_MOUNT, run_dir.resolve(): RUN_MOUNT}
+    if choice.backend != "eager" and artefacts is not None:
+        binds[artefacts.resolve()] = ARTEFACT_MOUNT
+        argv += ["--backend", choice.backend, "--artefact", ARTEFACT_MOUNT]
     if profile is not None:
         argv += ["--profile", profile]
     env = {"PYTHONPATH": f"{RUN_MOUNT}/{tree.name}", "LPFL_TOKEN": token,
            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1"}
-    return chroot_command(root, argv, binds={REPO: SRC_MOUNT, run_dir.resolve(): RUN_MOUNT},
-                       env=env)
+    return chroot_command(root, argv, binds=binds, env=env)
 
 
 def start_arm_client(run_dir: Path, config: Path, server: str, client_id: str, token: str,
@@ -146,7 +150,8 @@ def start_arm_client(run_dir: Path, config: Path, server: str, client_id: str, t
     logger.info("aarch64 client %s: backend %s (%s)", client_id, choice.backend, choice.reason)
     (run_dir / f"{client_id}.backend.json").write_text(
         json.dumps({"backend": choice.backend, "reason": choice.reason}), encoding="utf-8")
-    command = client_command(root, run_dir, config, server, client_id, token, choice, profile)
+    command = client_command(root, run_dir, config, server, client_id, token, choice, artefacts,
+                             profile)
     with (run_dir / f"{client_id}.log").open("wb") as log:
         return subprocess.Popen(command.argv, stdout=log, stderr=subprocess.STDOUT,
                                 env=command.env)

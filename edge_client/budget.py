@@ -14,8 +14,6 @@ torch and the model: what the operating system counts against the process.
 from __future__ import annotations
 
 import logging
-import resource
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +27,7 @@ from lpfl.errors import LpflError
 from lpfl.training import hard_example
 
 from .local_round import LocalClient, RoundTask
+from .trainer_api import peak_rss_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +36,6 @@ MIB = 2**20
 
 class OverBudget(LpflError):
     """The client's measured peak memory exceeds its device profile's budget."""
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory so far (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return int(peak) if sys.platform == "darwin" else int(peak) * 1024
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from lpfl.data import Example
-from lpfl.edge_client.backends import ClientRuntime, EagerScorer
+from lpfl.edge_client.backends import ClientRuntime
 from lpfl.edge_client.trainer_api import device_capabilities
 from lpfl.model.prompt import PromptModel
 from lpfl.softlabels import select_confident
@@ -74,13 +74,6 @@ class LocalClient:
         self.labeled = list(labeled)
         self.unlabeled = list(unlabeled)
         self.eval_batch_size = eval_batch_size
-
-    @property
-    def pm(self) -> PromptModel:
-        """The eager prompt model (TEMPORARY: budget.py moves to the runtime interface)."""
-        scorer = self.runtime.scorer
-        assert isinstance(scorer, EagerScorer)
-        return scorer.pm
 
     def capabilities(self) -> dict[str, Any]:
         """What this client runs on, for its hello message: the soft-labelling backend, where

@@ -20,6 +20,7 @@ from lpfl.android_harness import arm_rootfs
 from lpfl.android_harness.arm_client import (
     BackendChoice,
     choose_backend,
+    client_command,
     installed_versions,
     read_manifest,
     source_tree,
@@ -85,6 +86,20 @@ def test_the_chroot_mounts_live_in_a_private_namespace_and_the_token_in_its_envi
     assert all("t0k" not in arg for arg in command.argv)
     assert command.env["LPFL_TOKEN"] == "t0k" and "PIP_CERT" not in command.env
     assert command.env["PATH"].startswith("/opt/lpfl-venv/bin:")
+
+
+def test_a_program_backend_gets_its_artefact_mounted(tmp_path: Path) -> None:
+    artefacts = tmp_path / "artefacts"
+    program = BackendChoice("executorch", "matches")
+    command = client_command(tmp_path / "root", tmp_path, RUN, "ws://127.0.0.1:1", "client-1",
+                             "t0k", program, artefacts, profile="emulator-arm64")
+    script = command.argv[-1]
+    assert f"mount --bind {artefacts} {tmp_path}/root/lpfl-artefact" in script
+    assert script.endswith("--config /lpfl-run/arm-client-1.toml --backend executorch "
+                           "--artefact /lpfl-artefact --profile emulator-arm64")
+    eager = client_command(tmp_path / "root", tmp_path, RUN, "ws://127.0.0.1:1", "client-1",
+                           "t0k", BackendChoice("eager", "no manifest"), artefacts)
+    assert "--backend" not in eager.argv[-1] and "lpfl-artefact" not in eager.argv[-1]
 
 
 def test_a_half_built_root_is_not_ready(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

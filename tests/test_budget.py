@@ -14,10 +14,10 @@ from lpfl.edge_client.budget import (
     check_budget,
     enforce_profile,
     measure,
-    peak_rss_bytes,
     round_probe,
 )
 from lpfl.edge_client.local_round import LocalClient
+from lpfl.edge_client.trainer_api import peak_rss_bytes
 from lpfl.simulate import federated_data, fresh_prompt_model, method_mode
 
 from .conftest import tiny_config
