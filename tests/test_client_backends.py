@@ -1,9 +1,10 @@
 """A client on exported programs computes the same round as the eager client.
 
-One tiny-llama artefact (XNNPACK score program + ExecuTorch training program) is exported per
-module; an eager client and a program client then run the same round from the same global
-adapter: the same soft labels, the same number of examples and (within float tolerance) the same
-trained adapter. The ONNX Runtime backend scores with its program and trains eagerly.
+The shared tiny-llama artefact (XNNPACK score program + ExecuTorch training program, see
+``tests/export_artefacts.py``) serves the program client; an eager client and a program client
+then run the same round from the same global adapter: the same soft labels, the same number of
+examples and (within float tolerance) the same trained adapter. The ONNX Runtime backend scores
+with its program and trains eagerly.
 """
 
 from __future__ import annotations
@@ -21,25 +22,23 @@ from lpfl.edge_client.local_round import LocalClient
 from lpfl.edge_client.lpfl_trainer import lpfl_trainer
 from lpfl.errors import ArtefactError, ConfigError
 from lpfl.export.config import ExportConfig
-from lpfl.export.pipeline import run_export
 from lpfl.model.adapters import trainable_state
 from lpfl.model.prompt import PromptModel
 from lpfl.simulate import fresh_prompt_model
-from tests.export_artefacts import exported
+from tests.export_artefacts import MAX_SEQ_LEN, exported
 
-TRAIN_BATCH = 4
-SETTINGS = {"seed": 3, "local_steps": 4, "batch_size": TRAIN_BATCH, "lr": 0.01,
+SETTINGS = {"seed": 3, "local_steps": 4, "batch_size": 4, "lr": 0.01,
             "soft_label_budget": 4, "soft_label_threshold": 0.0, "soft_label_balanced": False}
 
 
 @pytest.fixture(scope="module")
-def artefact(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunConfig]:
+def artefact() -> tuple[Path, RunConfig]:
     torch.set_num_threads(1)
-    config = ExportConfig(model="tiny-llama", target="executorch-xnnpack", max_seq_len=32,
-                          training=True, train_batch_size=TRAIN_BATCH, parity_texts=0,
-                          out=tmp_path_factory.mktemp("artefact"))
-    run_export(config)
-    return config.out, config.run_config()
+    folder, manifest, _ = exported("executorch-xnnpack")
+    assert [p.role for p in manifest.programs] == ["score", "train"]
+    run = ExportConfig(model="tiny-llama", target="executorch-xnnpack", out=folder,
+                       max_seq_len=MAX_SEQ_LEN).run_config()
+    return folder, run
 
 
 def _eager(run: RunConfig) -> PromptModel:
@@ -97,7 +96,8 @@ def test_eager_training_is_chosen_on_request(artefact: tuple[Path, RunConfig]) -
 
 def test_onnx_backend_scores_with_its_program_and_trains_eagerly() -> None:
     folder, _, _ = exported("onnx")
-    run = ExportConfig(model="tiny-llama", target="onnx", out=folder, max_seq_len=48).run_config()
+    run = ExportConfig(model="tiny-llama", target="onnx", out=folder,
+                       max_seq_len=MAX_SEQ_LEN).run_config()
     runtime = program_runtime("onnxruntime", folder, "tiny-llama", lambda: _eager(run))
     assert (runtime.backend, runtime.training) == ("onnxruntime", "eager")
     state = _global_state(run)
