@@ -19,7 +19,8 @@ Per case (``eager:none``, ``executorch-xnnpack:none|int8|8da4w``, ``executorch-p
 
 Timings are taken in this one process with ``torch.set_num_threads(1)``, round-robin over the
 cases and repeated (the median is kept), so a background load slows every case alike and the
-ratios stay meaningful. Artefacts are exported once into ``OUT/artefacts`` and reused.
+ratios stay meaningful. Artefacts are exported once into ``--artefacts`` (outside the results:
+they are hundreds of MB) and reused.
 ``results.json`` and ``report.md`` (the README's table) land in ``--out``.
 """
 
@@ -99,11 +100,11 @@ def _run_config(model: str, max_seq_len: int) -> Any:
 
 
 def artefact_dir(root: Path, case: Case) -> Path:
-    return root / "artefacts" / f"{case.target}-{case.quant}"
+    return root / f"{case.target}-{case.quant}"
 
 
 def export_case(model: str, case: Case, max_seq_len: int, train_batch: int, root: Path) -> Path:
-    """Export ``case`` into ``root/artefacts`` unless a finished export is already there."""
+    """Export ``case`` into a folder of ``root`` unless a finished export is already there."""
     from lpfl.export.config import ExportConfig
     from lpfl.export.manifest import MANIFEST_FILE
     from lpfl.export.pipeline import run_export
@@ -184,7 +185,7 @@ def measure_rss(case: Case, root: Path, model: str, max_seq_len: int, batch: int
 
 def rss_in_child(case: Case, args: argparse.Namespace) -> dict[str, Any]:
     """:func:`measure_rss` in a child process (this script's ``rss`` subcommand)."""
-    cmd = [sys.executable, __file__, "rss", "--case", case.name, "--out", str(args.out),
+    cmd = [sys.executable, __file__, "rss", "--case", case.name, "--artefacts", str(args.artefacts),
            "--model", args.model, "--max-seq-len", str(args.max_seq_len),
            "--batch", str(args.batch)]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -223,13 +224,13 @@ def run_benchmark(args: argparse.Namespace) -> list[CaseResult]:
     if cases[0].name != "eager:none":
         raise SystemExit("--cases must start with eager:none (the reference)")
     for case in cases[1:]:
-        export_case(args.model, case, args.max_seq_len, args.batch, args.out)
-    results = {c.name: CaseResult(c.name, _file_bytes(args.out, c, "score"),
-                                  _file_bytes(args.out, c, "train")) for c in cases}
+        export_case(args.model, case, args.max_seq_len, args.batch, args.artefacts)
+    results = {c.name: CaseResult(c.name, _file_bytes(args.artefacts, c, "score"),
+                                  _file_bytes(args.artefacts, c, "train")) for c in cases}
     for case in cases:
         results[case.name].__dict__.update(rss_in_child(case, args))
     factory = EagerFactory(args.model, args.max_seq_len)
-    backends = [Backend(c, args.out, factory) for c in cases]
+    backends = [Backend(c, args.artefacts, factory) for c in cases]
     texts = mr_texts(args.texts)
     decisions = {b.case.name: b.score(texts, args.batch).argmax(-1) for b in backends}
     reference = decisions["eager:none"]
@@ -339,6 +340,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-steps", type=int, default=3, help="training steps per repeat")
     parser.add_argument("--out", type=Path, default=Path("bench/results/edge_runtime"))
+    parser.add_argument("--artefacts", type=Path, default=Path("runs/edge_runtime"),
+                        help="where exported artefacts are made and reused")
     return parser.parse_args(argv)
 
 
@@ -347,8 +350,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         stream=sys.stderr)
     args = parse_args(argv)
     if args.mode == "rss":
-        result = measure_rss(Case.parse(args.case), args.out, args.model, args.max_seq_len,
-                             args.batch)
+        result = measure_rss(Case.parse(args.case), args.artefacts, args.model,
+                             args.max_seq_len, args.batch)
         print(json.dumps(result))
         return 0
     args.out.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser.add_argument("--quant", default="none", choices=QUANTS)
     parser.add_argument("--max-seq-len", type=int, default=0,
                         help="longest prompt in tokens (default: run config's model.max_length)")
-    parser.add_argument("--group-size", type=int, default=32, help="8da4w weight group size")
+    parser.add_argument("--group-size", type=int, default=32,
+                        help="weight block of the quantized schemes (default 32)")
     parser.add_argument("--training", action="store_true",
                         help="also export the on-device LoRA training program (ExecuTorch)")
     parser.add_argument("--train-batch-size", type=int, default=8,

@@ -31,8 +31,9 @@ class ExportConfig:
     ``model`` is ``smollm2`` (the packaged default), a run config (``.toml``; its model, prompt
     and LoRA settings are used) or a model source (a local model folder, a ``.gguf`` file,
     ``tiny-llama``). ``max_seq_len`` 0 means the run config's ``model.max_length``.
-    ``group_size`` is the 8da4w weight group. ``training`` also exports the on-device training
-    program, for a batch of ``train_batch_size``.
+    ``group_size`` is the weight block of the quantized schemes (int4 groups of XNNPACK 8da4w,
+    ``MatMulNBits`` blocks of ONNX int8 / 8da4w). ``training`` also exports the on-device
+    training program, for a batch of ``train_batch_size``.
     """
 
     model: str
@@ -51,9 +52,6 @@ class ExportConfig:
         _require(self.target in TARGETS,
                  f"--target {self.target!r}: use one of {', '.join(TARGETS)}")
         _require(self.quant in QUANTS, f"--quant {self.quant!r}: use one of {', '.join(QUANTS)}")
-        _require(not (self.target == "onnx" and self.quant == "8da4w"),
-                 "--quant 8da4w is an ExecuTorch (XNNPACK) scheme: use --quant int8 for onnx "
-                 "or --target executorch-xnnpack for 8da4w")
         _require(not (self.target == "executorch-portable" and self.quant != "none"),
                  f"--quant {self.quant} needs the XNNPACK delegate's quantized kernels: use "
                  "--target executorch-xnnpack, or --quant none for executorch-portable")

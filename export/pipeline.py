@@ -31,7 +31,8 @@ def build_score_program(config: ExportConfig, pm: PromptModel, graph: ScoringGra
     shapes = dynamic_shapes(graph, pm.max_length)
     if config.runtime == "onnxruntime":
         program = stages.export_program(graph, example, shapes)
-        return quantize_onnx(export_onnx(program, graph.lora_names, config.out), config.quant)
+        return quantize_onnx(export_onnx(program, graph.lora_names, config.out), config.quant,
+                             config.group_size)
     module = stages.quantize(graph, config.quant, config.group_size)
     program = stages.lower(stages.export_program(module, example, shapes), config.target)
     return stages.serialize(program, config.out)

@@ -351,7 +351,7 @@ def transpose_free_matmuls(ep: torch.export.ExportedProgram) -> torch.export.Exp
             if weight is not None:  # x @ W.T
                 node.replace_all_uses_with(
                     _unbatched(graph, node, torch.ops.aten.linear.default, weight))
-            elif rhs.target == torch.ops.aten.permute.default and list(rhs.args[1]) == [0, 2, 1]:
+            elif rhs.target == torch.ops.aten.permute.default and list(rhs.args[1]) == [0, 2, 1]:  # type: ignore[arg-type]
                 weight = _broadcast_transpose_of(rhs.args[0])  # type: ignore[arg-type]
                 if weight is not None:  # g @ W
                     node.replace_all_uses_with(

@@ -43,7 +43,6 @@ def _inputs(pm: PromptModel, graph: ScoringGraph, texts: list[str]) -> list[torc
 @pytest.mark.parametrize(("changes", "message"), [
     ({"target": "tflite"}, "--target"),
     ({"quant": "int4"}, "--quant"),
-    ({"target": "onnx", "quant": "8da4w"}, "use --quant int8 for onnx"),
     ({"target": "executorch-portable", "quant": "int8"}, "executorch-xnnpack"),
     ({"max_seq_len": 4}, "--max-seq-len"),
     ({"group_size": 48}, "--group-size"),
