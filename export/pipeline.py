@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 
 TOKENIZER_DIR = "tokenizer"
 TRAIN_FILE = "train.pte"
+TRAINING_QUANT = {"none": "none", "int8": "int8", "8da4w": "4bit"}
+"""How the training program stores the frozen base for each score-program scheme (its weights
+are de-quantized in the graph; activations stay float, since the backward needs them)."""
 
 
 def build_score_program(config: ExportConfig, pm: PromptModel, graph: ScoringGraph) -> Path:
@@ -46,7 +49,8 @@ def build_training_program(config: ExportConfig, pm: PromptModel) -> ProgramEntr
     except ImportError as exc:
         raise ConfigError(f"--training needs lpfl.export.training_program, which this "
                           f"installation lacks ({exc}); export without --training") from None
-    path = export_training_program(pm, quant=config.quant, max_seq_len=pm.max_length,
+    path = export_training_program(pm, quant=TRAINING_QUANT[config.quant],
+                                   max_seq_len=pm.max_length,
                                    batch_size=config.train_batch_size,
                                    out_file=config.out / TRAIN_FILE)
     return program_entry(path, config.out, "train", "executorch", config.quant)

@@ -102,8 +102,8 @@ def test_runtimes_are_imported_only_when_an_artefact_is_opened() -> None:
 
 def test_cli_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["export", "--model", "tiny-llama", "--out", str(tmp_path)]
-    assert main([*args, "--target", "onnx", "--quant", "8da4w"]) == 2
-    assert "use --quant int8 for onnx" in capsys.readouterr().err
+    assert main([*args, "--target", "executorch-portable", "--quant", "int8"]) == 2
+    assert "--target executorch-xnnpack" in capsys.readouterr().err
     assert main([*args, "--target", "onnx", "--max-seq-len", "3"]) == 2
     assert main([*args, "--target", "onnx", "--model", "no/such/model"]) == 2
     assert "neither" in capsys.readouterr().err
