@@ -269,10 +269,11 @@ def _ratio(value: float | None, reference: float | None) -> str:
 def report(results: Sequence[CaseResult], env: dict[str, Any]) -> str:
     """The README's table: each case against eager fp32, plus the issue's goals."""
     eager = results[0]
-    fp32_score = next((r.score_file_bytes for r in results
-                       if r.case == "executorch-xnnpack:none"), None)
-    fp32_train = next((r.train_file_bytes for r in results
-                       if r.case == "executorch-xnnpack:none"), None)
+    fp32 = {r.case.split(":")[0]: r for r in results if r.case.endswith(":none")}
+
+    def fp32_of(r: CaseResult) -> CaseResult | None:
+        return fp32.get(r.case.split(":")[0])
+
     lines = [
         "# Edge-runtime benchmark",
         "",
@@ -280,7 +281,7 @@ def report(results: Sequence[CaseResult], env: dict[str, Any]) -> str:
         f"{env['batch']}, {env['texts']} MR sentences, one thread, median of {env['repeats']} "
         f"round-robin repeats; {env['machine']}, torch {env['versions']['torch']}, executorch "
         f"{env['versions']['executorch']}, onnxruntime {env['versions']['onnxruntime']}.",
-        "Ratios are against eager fp32 (sizes: against the fp32 XNNPACK program).",
+        "Ratios are against eager fp32; file sizes against the same target's fp32 program.",
         "",
         "| case | score file | size ratio | load s | peak RSS | sentences/s | throughput "
         "ratio | agreement | train file | train step s | step ratio |",
@@ -288,7 +289,8 @@ def report(results: Sequence[CaseResult], env: dict[str, Any]) -> str:
     ]
     for r in results:
         lines.append(
-            f"| {r.case} | {_mb(r.score_file_bytes)} | {_ratio(r.score_file_bytes, fp32_score)} "
+            f"| {r.case} | {_mb(r.score_file_bytes)} "
+            f"| {_ratio(r.score_file_bytes, _get(fp32_of(r), 'score_file_bytes'))} "
             f"| {_num(r.load_seconds)} | {_mb(r.peak_rss_bytes)} | {_num(r.sentences_per_s)} "
             f"| {_ratio(r.sentences_per_s, eager.sentences_per_s)} | {_pct(r.agreement)} "
             f"| {_mb(r.train_file_bytes)} | {_num(r.train_step_seconds)} "
@@ -298,17 +300,23 @@ def report(results: Sequence[CaseResult], env: dict[str, Any]) -> str:
         if r.case.split(":")[1] in ("int8", "8da4w") and r.sentences_per_s:
             fast = r.sentences_per_s >= 2 * (eager.sentences_per_s or float("inf"))
             agree = (r.agreement or 0) >= 0.97
-            small = bool(fp32_score and r.score_file_bytes
-                         and r.score_file_bytes <= 0.3 * fp32_score)
+            reference = _get(fp32_of(r), "score_file_bytes")
+            small = bool(reference and r.score_file_bytes
+                         and r.score_file_bytes <= 0.3 * reference)
             lines.append(f"- {r.case}: throughput ≥ 2× eager: {_yes(fast)}; agreement ≥ 97 %: "
                          f"{_yes(agree)}; file ≤ 30 % of fp32: {_yes(small)}")
-        if r.train_file_bytes and r.case != "executorch-xnnpack:none" and fp32_train:
+        fp32_train = _get(fp32_of(r), "train_file_bytes")
+        if r.train_file_bytes and not r.case.endswith(":none") and fp32_train:
             lines.append(f"- {r.case} training program ≤ 30 % of the fp32 one: "
                          f"{_yes(r.train_file_bytes <= 0.3 * fp32_train)}")
         if r.train_step_seconds and r.case != "eager:none" and eager.train_step_seconds:
             lines.append(f"- {r.case} training step ≤ 1.5× eager: "
                          f"{_yes(r.train_step_seconds <= 1.5 * eager.train_step_seconds)}")
     return "\n".join(lines) + "\n"
+
+
+def _get(result: CaseResult | None, name: str) -> Any:
+    return None if result is None else getattr(result, name)
 
 
 def _mb(value: int | None) -> str:

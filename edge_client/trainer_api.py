@@ -55,9 +55,17 @@ class Trainer(Protocol):
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident memory so far (Linux reports ``ru_maxrss`` in KiB, macOS in
-    bytes); the figure a device's memory budget is held against."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    """This process's peak resident memory so far: the figure a device's memory budget is held
+    against. Linux's ``VmHWM`` is used where there is one: ``ru_maxrss`` survives ``exec``, so a
+    child started from a big parent would report the parent's peak."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
