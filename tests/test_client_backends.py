@@ -10,6 +10,10 @@ with its program and trains eagerly.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,8 +28,16 @@ from lpfl.errors import ArtefactError, ConfigError
 from lpfl.export.config import ExportConfig
 from lpfl.model.adapters import trainable_state
 from lpfl.model.prompt import PromptModel
+from lpfl.server.launch import (
+    free_port,
+    prepare_run_dir,
+    stop_processes,
+    wait_for_port,
+    watch_rounds,
+)
 from lpfl.simulate import fresh_prompt_model
 from tests.export_artefacts import MAX_SEQ_LEN, exported
+from tests.test_launch import RUN
 
 SETTINGS = {"seed": 3, "local_steps": 4, "batch_size": 4, "lr": 0.01,
             "soft_label_budget": 4, "soft_label_threshold": 0.0, "soft_label_balanced": False}
@@ -123,3 +135,45 @@ def test_backend_arguments_are_checked() -> None:
                               artefact=None, eager_training=False, profile=None)
     with pytest.raises(ConfigError, match="--config"):
         lpfl_trainer(args)
+
+
+def test_websocket_clients_run_on_exported_programs(tmp_path: Path) -> None:
+    """Real `lpfl server` and `lpfl client --backend ...` processes: one client on the ONNX
+    program (training eagerly), one on the ExecuTorch programs (training on-device); two rounds,
+    both updates aggregated, and the server records each client's backend."""
+    onnx_dir, _, _ = exported("onnx")
+    et_dir, _, _ = exported("executorch-xnnpack")
+    run_file = tmp_path / "run.toml"
+    run_file.write_text(RUN)
+    out = tmp_path / "run"
+    tokens, tokens_file = prepare_run_dir(out, ["client-0", "client-1"])
+    port = free_port()
+    cli = [sys.executable, "-m", "lpfl.cli"]
+    sets = [f"server.port={port}", f"server.run_dir='{out}'", f"server.tokens_file='{tokens_file}'"]
+    server = subprocess.Popen([*cli, "server", "--config", str(run_file),
+                               *[arg for s in sets for arg in ("--set", s)]],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs = [server]
+    try:
+        wait_for_port(port, server, timeout_s=120)
+        for cid, backend, folder in (("client-0", "onnxruntime", onnx_dir),
+                                     ("client-1", "executorch", et_dir)):
+            with (out / f"{cid}.log").open("wb") as log:
+                procs.append(subprocess.Popen(
+                    [*cli, "client", "--server", f"ws://127.0.0.1:{port}", "--client-id", cid,
+                     "--config", str(run_file), "--backend", backend, "--artefact", str(folder)],
+                    stdout=log, stderr=subprocess.STDOUT,
+                    env={**os.environ, "LPFL_TOKEN": tokens[cid]}))
+        watch_rounds(server, out / "results.json", 2, timeout_s=300)
+    finally:
+        stop_processes(procs)
+    rounds = json.loads((out / "results.json").read_text())["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for record in rounds:
+        clients = {c["client_id"]: c for c in record["clients"]}
+        assert {cid: c["status"] for cid, c in clients.items()} == {
+            "client-0": "updated", "client-1": "updated"}
+        caps = {cid: (c["capabilities"]["backend"], c["capabilities"]["training"])
+                for cid, c in clients.items()}
+        assert caps == {"client-0": ("onnxruntime", "eager"),
+                        "client-1": ("executorch", "executorch")}
