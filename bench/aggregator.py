@@ -52,7 +52,7 @@ from typing import Any
 import torch
 
 from lpfl.edge_client.connection import ClientSettings, EdgeClient
-from lpfl.edge_client.trainer_api import device_capabilities
+from lpfl.edge_client.trainer_api import device_capabilities, peak_rss_bytes
 from lpfl.protocol import RoundRules
 from lpfl.server.app import AggregatorServer
 from lpfl.server.auth import make_tokens
@@ -139,11 +139,6 @@ def _proc_status_bytes(field_name: str) -> int:
     except OSError:
         pass
     return 0
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident set: ``VmHWM``, else ``ru_maxrss`` (KiB on Linux)."""
-    return _proc_status_bytes("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class RssSampler:

@@ -47,8 +47,8 @@ log = logging.getLogger("bench.edge_runtime")
 
 CASES = ("eager:none", "executorch-xnnpack:none", "executorch-xnnpack:int8",
          "executorch-xnnpack:8da4w", "executorch-portable:none", "onnx:none", "onnx:int8")
-TRAINING_QUANT = {"none": "none", "int8": "int8"}
-"""Cases whose artefact also gets a training program (its base stored with this scheme)."""
+TRAINED_QUANTS = ("none", "int8")
+"""XNNPACK cases whose artefact also gets a training program (its base stored the same way)."""
 TRAIN_TARGET = "executorch-xnnpack"
 VERSIONED = ("torch", "transformers", "executorch", "torchao", "onnxruntime", "lpfl")
 
@@ -71,11 +71,13 @@ class Case:
 
     @property
     def runtime(self) -> str:
-        return {"eager": "eager", "onnx": "onnxruntime"}.get(self.target, "executorch")
+        from lpfl.export.config import runtime_of
+
+        return "eager" if self.target == "eager" else runtime_of(self.target)
 
     @property
     def trains_on_program(self) -> bool:
-        return self.target == TRAIN_TARGET and self.quant in TRAINING_QUANT
+        return self.target == TRAIN_TARGET and self.quant in TRAINED_QUANTS
 
 
 @dataclass

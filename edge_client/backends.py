@@ -173,12 +173,11 @@ def program_runtime(backend: str, artefact: Path, model_id: str,
 
     from .program_scorer import ProgramScorer
 
-    runtime = backend
     program = None if eager_training else _program_trainer(artefact)
     trainer: LocalTrainer
     if program is not None:
         shapes = {name: tuple(t.shape) for name, t in program.parameters.items()}
-        scorer = ProgramScorer(artefact, runtime=runtime, model_id=model_id, lora_shapes=shapes)
+        scorer = ProgramScorer(artefact, runtime=backend, model_id=model_id, lora_shapes=shapes)
         if scorer.num_classes != program.num_classes:
             raise ArtefactError(f"{artefact}: the score program has {scorer.num_classes} "
                                 f"classes, the training program {program.num_classes}; "
@@ -187,12 +186,12 @@ def program_runtime(backend: str, artefact: Path, model_id: str,
     else:
         pm = eager_model()
         shapes = {name: tuple(t.shape) for name, t in trainable_state(pm).items()}
-        scorer = ProgramScorer(artefact, runtime=runtime, model_id=pm.base.model_id,
+        scorer = ProgramScorer(artefact, runtime=backend, model_id=pm.base.model_id,
                                lora_shapes=shapes)
         trainer, training = EagerTrainer(pm), "eager"
-    versions = {runtime: runtime_version(runtime)}
+    versions = {backend: runtime_version(backend)}
     if training == "executorch":
         versions["executorch"] = runtime_version("executorch")
-    log.info("soft-labelling on %s (%s), training on %s", runtime, artefact, training)
+    log.info("soft-labelling on %s (%s), training on %s", backend, artefact, training)
     return ClientRuntime(scorer, trainer, backend, training, scorer.num_classes, model_id,
                          versions)

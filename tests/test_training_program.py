@@ -221,19 +221,25 @@ def test_a_state_that_does_not_fit_is_refused(fp32_program: Path, pm: PromptMode
         ProgramTrainer(Path("/nonexistent/program.pte"))
 
 
+def step_by_step(pm: PromptModel, trainer: ProgramTrainer, data: list[TrainExample], lr: float,
+                 seed: int, steps: int = 20) -> tuple[list[float], list[float]]:
+    """``steps`` single AdamW steps eagerly and on the program, on the same batches: the two
+    loss curves."""
+    eager_rng, program_rng = np.random.default_rng(seed), np.random.default_rng(seed)
+    eager, program = [], []
+    for _ in range(steps):
+        eager.append(train_steps(pm, data, 1, BATCH, lr, eager_rng))
+        program.append(program_train_steps(trainer, pm.encode, data, 1, BATCH, lr, program_rng))
+    return eager, program
+
+
 def test_loss_tracks_eager_for_20_steps(pm: PromptModel, fp32_program: Path) -> None:
     """20 single AdamW steps on both sides, from the same adapter and the same batches."""
     trainer = ProgramTrainer(fp32_program)
     adapter = random_adapter(pm, 2)
     load_trainable_state(pm, adapter)
     trainer.load_state(adapter)
-    data = examples()
-    eager_rng, program_rng = np.random.default_rng(7), np.random.default_rng(7)
-    eager, program = [], []
-    for _ in range(20):
-        eager.append(train_steps(pm, data, 1, BATCH, 1e-2, eager_rng))
-        program.append(program_train_steps(trainer, pm.encode, data, 1, BATCH, 1e-2,
-                                           program_rng))
+    eager, program = step_by_step(pm, trainer, examples(), 1e-2, seed=7)
     np.testing.assert_allclose(program, eager, atol=LOSS_TOL)
     assert eager[-1] < eager[0]
     final = trainable_state(pm)
@@ -292,12 +298,6 @@ def test_smollm2_program_tracks_eager_for_20_steps(tmp_path: Path) -> None:
     trainer = ProgramTrainer(program)
     start = trainable_state(pm)
     trainer.load_state(start)
-    data = examples(16, 4)
-    eager_rng, program_rng = np.random.default_rng(0), np.random.default_rng(0)
-    eager, device = [], []
-    for _ in range(20):
-        eager.append(train_steps(pm, data, 1, BATCH, 1e-3, eager_rng))
-        device.append(program_train_steps(trainer, pm.encode, data, 1, BATCH, 1e-3,
-                                          program_rng))
+    eager, device = step_by_step(pm, trainer, examples(16, 4), 1e-3, seed=0)
     np.testing.assert_allclose(device, eager, atol=1e-3)
     torch.testing.assert_close(trainer.state(), trainable_state(pm), atol=1e-3, rtol=0)
