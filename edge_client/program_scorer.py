@@ -4,8 +4,9 @@
 against this client (runtime version, base model id, adapter shapes), builds the prompt encoder
 from the artefact's own tokenizer files, and scores texts with the same contract as
 :meth:`lpfl.model.prompt.PromptModel.score`. Each round's global adapter goes in with
-:meth:`ProgramScorer.load_state`: the LoRA tensors are program inputs, so nothing is re-exported
-and the base weights ship once. Until then the adapter is zero (the base model's scores).
+:meth:`ProgramScorer.load_state`: LoRA tensors are inputs of an ONNX program and the
+external data file of an ExecuTorch program, so nothing is re-exported and the base weights ship
+once. Until then the adapter is zero (the base model's scores).
 
 The runtimes are imported when an artefact is opened, so this module imports without them.
 """
@@ -15,69 +16,110 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
 from lpfl.config import PromptSettings
 from lpfl.errors import ArtefactError
+from lpfl.export.constant_lora import method_name, pad_tokens, rewrite_lora_data
 from lpfl.export.manifest import (
     Manifest,
+    ProgramEntry,
     check_compatible,
     load_manifest,
     runtime_version,
     verify_files,
 )
 from lpfl.export.scoring_graph import TOKEN_INPUTS
-from lpfl.model.prompt import PromptEncoder
+from lpfl.model.prompt import PromptEncoder, score_in_length_order
 
 log = logging.getLogger(__name__)
 
 
 class _Runner(Protocol):
-    def run(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor: ...
+    def set_lora(self, state: Mapping[str, torch.Tensor]) -> None: ...
+
+    def run(self, tokens: Sequence[torch.Tensor]) -> torch.Tensor: ...
 
 
 class _ExecutorchRunner:
-    """The ``forward`` method of a .pte program, through ``executorch.runtime``, with as many
-    XNNPACK threads as torch uses (so runtimes compare at equal threads)."""
+    """The static score methods of a .pte program, through ExecuTorch's pybindings, with as
+    many XNNPACK threads as torch uses (so runtimes compare at equal threads).
 
-    def __init__(self, path: Path) -> None:
+    The LoRA tensors live in the program's data file (``lora.ptd``): :meth:`set_lora` writes the
+    adapter's bytes under the keys the manifest names and reloads the program with that data.
+    :meth:`run` pads a batch to the program's static batch and the shortest sequence bucket that
+    holds it, and drops the padding rows from the result.
+    """
+
+    def __init__(self, artefact: Path, entry: ProgramEntry, manifest: Manifest) -> None:
         import executorch.kernels.quantized  # noqa: F401  (int8 embedding kernels)
         from executorch.extension.pybindings.portable_lib import (
             _threadpool_get_thread_count,
             _unsafe_reset_threadpool,
         )
-        from executorch.runtime import Runtime
 
         if _threadpool_get_thread_count() != torch.get_num_threads():
             _unsafe_reset_threadpool(torch.get_num_threads())  # as many threads as torch
+        if not (entry.data_file and manifest.lora_keys and manifest.seq_buckets
+                and manifest.static_batch):
+            raise ArtefactError(f"{artefact} was exported by an older lpfl (LoRA as program "
+                                "inputs); re-export it with `lpfl export`")
+        self._program = (artefact / entry.file).read_bytes()
+        self._template = (artefact / entry.data_file).read_bytes()
+        self._keys = manifest.lora_keys
+        self._batch = manifest.static_batch
+        self._buckets = manifest.seq_buckets
+        self._module: Any = None
+        self._data = b""
 
-        method = Runtime.get().load_program(path).load_method("forward")
-        if method is None:
-            raise ArtefactError(f"{path} has no forward method; re-export the artefact")
-        self._method = method
+    def set_lora(self, state: Mapping[str, torch.Tensor]) -> None:
+        from executorch.extension.pybindings.portable_lib import (
+            _load_for_executorch_from_buffer,
+        )
 
-    def run(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        out: torch.Tensor = self._method.execute(list(inputs))[0]
-        return out
+        data = rewrite_lora_data(self._template, self._keys, state)
+        module = _load_for_executorch_from_buffer(self._program, data_map_buffer=data)
+        # The module reads both buffers in place (methods load lazily): keep them alive with it.
+        self._module, self._data = module, data
+
+    def run(self, tokens: Sequence[torch.Tensor]) -> torch.Tensor:
+        rows, length = tokens[0].shape
+        seq_len = next((n for n in self._buckets if n >= length), None)
+        if seq_len is None:
+            raise ArtefactError(f"a {length}-token prompt exceeds the program's longest method "
+                                f"({self._buckets[-1]}); re-export with a larger --max-seq-len")
+        outs = []
+        for start in range(0, rows, self._batch):
+            part = [t[start : start + self._batch] for t in tokens]
+            padded = pad_tokens(part, self._batch, seq_len)
+            out = self._module.run_method(method_name(seq_len), padded)[0]
+            outs.append(out[: part[0].shape[0]])
+        return torch.cat(outs)
 
 
 class _OnnxRunner:
-    """An ``onnxruntime.InferenceSession`` on the CPU, with torch's thread count."""
+    """An ``onnxruntime.InferenceSession`` on the CPU, with torch's thread count; the LoRA
+    tensors are inputs of the graph, fed with every batch."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, artefact: Path, entry: ProgramEntry, manifest: Manifest) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
-        self._session = ort.InferenceSession(str(path), options,
+        self._session = ort.InferenceSession(str(artefact / entry.file), options,
                                              providers=["CPUExecutionProvider"])
         self._names = [i.name for i in self._session.get_inputs()]
+        self._lora: list[torch.Tensor] = []
 
-    def run(self, inputs: Sequence[torch.Tensor]) -> torch.Tensor:
-        feeds = {name: t.numpy() for name, t in zip(self._names, inputs, strict=True)}
+    def set_lora(self, state: Mapping[str, torch.Tensor]) -> None:
+        self._lora = list(state.values())
+
+    def run(self, tokens: Sequence[torch.Tensor]) -> torch.Tensor:
+        feeds = {name: t.numpy() for name, t in zip(self._names, [*tokens, *self._lora],
+                                                     strict=True)}
         return torch.from_numpy(self._session.run(None, feeds)[0])
 
 
@@ -116,8 +158,9 @@ class ProgramScorer:
             verify_files(artefact, self.manifest)
         entry = self.manifest.program("score")
         self.encoder = open_encoder(artefact, self.manifest)
-        self._runner = _RUNNERS[runtime](artefact / entry.file)
-        self._lora = [torch.zeros(shape) for shape in self.manifest.lora_shapes.values()]
+        self._runner: _Runner = _RUNNERS[runtime](artefact, entry, self.manifest)
+        self._runner.set_lora({name: torch.zeros(shape)
+                               for name, shape in self.manifest.lora_shapes.items()})
         log.info("opened %s (%s %s, quant %s)", artefact / entry.file, runtime,
                  entry.runtime_version, entry.quant)
 
@@ -137,17 +180,13 @@ class ProgramScorer:
             if tuple(state[name].shape) != tuple(shape):
                 raise ArtefactError(f"adapter tensor {name} has shape "
                                     f"{tuple(state[name].shape)}, the program takes {shape}")
-        self._lora = [state[name].detach().to("cpu", torch.float32).contiguous()
-                      for name in expected]
+        self._runner.set_lora({name: state[name].detach().to("cpu", torch.float32).contiguous()
+                               for name in expected})
 
     @torch.no_grad()
     def score(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
-        """Class logits, shape ``[len(texts), num_classes]`` (as ``PromptModel.score``)."""
-        step = max(1, min(batch_size, self.manifest.max_batch))
-        chunks = []
-        for start in range(0, len(texts), step):
-            batch = self.encoder.encode(texts[start : start + step])
-            chunks.append(self._runner.run([*(batch[k] for k in TOKEN_INPUTS), *self._lora]))
-        if not chunks:
-            return torch.empty(0, self.num_classes)
-        return torch.cat(chunks).float()
+        """Class logits, shape ``[len(texts), num_classes]`` (as ``PromptModel.score``, in
+        batches of similar prompt length; a static program runs its own batch size)."""
+        step = self.manifest.static_batch or max(1, min(batch_size, self.manifest.max_batch))
+        return score_in_length_order(self.encoder, texts, step, lambda batch: self._runner.run(
+            [batch[k] for k in TOKEN_INPUTS]))

@@ -11,6 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from lpfl.errors import ConfigError
 from lpfl.export.config import QUANTS, TARGETS, ExportConfig
 
 
@@ -24,6 +25,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     parser.add_argument("--quant", default="none", choices=QUANTS)
     parser.add_argument("--max-seq-len", type=int, default=0,
                         help="longest prompt in tokens (default: run config's model.max_length)")
+    parser.add_argument("--batch", type=int, default=8,
+                        help="batch of the ExecuTorch score program (static shapes; default 8)")
+    parser.add_argument("--seq-buckets", default="",
+                        help="comma-separated prompt lengths of the ExecuTorch score methods "
+                             "(the max length is always one; e.g. 32,48)")
     parser.add_argument("--group-size", type=int, default=32,
                         help="weight block of the quantized schemes (default 32)")
     parser.add_argument("--training", action="store_true",
@@ -39,6 +45,15 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def parse_buckets(text: str) -> tuple[int, ...]:
+    """``"32,48"`` -> ``(32, 48)``; a ConfigError names a part that is not a number."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    bad = [p for p in parts if not p.isdigit()]
+    if bad:
+        raise ConfigError(f"--seq-buckets {text!r}: {bad[0]!r} is not a whole number")
+    return tuple(int(p) for p in parts)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -47,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(max(1, args.threads))
     config = ExportConfig(model=args.model, target=args.target, quant=args.quant,
                           max_seq_len=args.max_seq_len, group_size=args.group_size,
+                          batch=args.batch, seq_buckets=parse_buckets(args.seq_buckets),
                           training=args.training, train_batch_size=args.train_batch_size,
                           parity_texts=args.parity_texts, out=args.out)
     manifest, parity = run_export(config)

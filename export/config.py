@@ -42,6 +42,12 @@ class ExportConfig:
     quant: str = "none"
     max_seq_len: int = 0
     group_size: int = 32
+    batch: int = 8
+    """Batch of the ExecuTorch score program (its shapes are static, see
+    :mod:`lpfl.export.constant_lora`); ONNX programs take any batch up to 64."""
+    seq_buckets: tuple[int, ...] = ()
+    """Prompt lengths of the ExecuTorch score methods, besides the maximum length (always one):
+    a batch runs in the shortest that holds it."""
     training: bool = False
     train_batch_size: int = 8
     parity_texts: int = 200
@@ -60,6 +66,9 @@ class ExportConfig:
                  "config's model.max_length)")
         _require(self.group_size in GROUP_SIZES,
                  f"--group-size {self.group_size}: use one of {GROUP_SIZES}")
+        _require(1 <= self.batch <= 64, f"--batch {self.batch} must be between 1 and 64")
+        _require(all(8 <= n <= 4096 for n in self.seq_buckets),
+                 f"--seq-buckets {list(self.seq_buckets)}: each must be between 8 and 4096")
         _require(self.train_batch_size >= 1,
                  f"--train-batch-size {self.train_batch_size} must be >= 1")
         _require(self.parity_texts >= 0, f"--parity-texts {self.parity_texts} must be >= 0")
@@ -69,6 +78,14 @@ class ExportConfig:
     @property
     def runtime(self) -> str:
         return runtime_of(self.target)
+
+    def buckets(self, max_seq_len: int) -> tuple[int, ...]:
+        """The sequence lengths to export: ``seq_buckets`` plus ``max_seq_len``, ascending; a
+        ConfigError if a bucket exceeds the maximum."""
+        _require(all(n <= max_seq_len for n in self.seq_buckets),
+                 f"--seq-buckets {list(self.seq_buckets)} exceed the maximum prompt length "
+                 f"{max_seq_len} (--max-seq-len)")
+        return tuple(sorted({*self.seq_buckets, max_seq_len}))
 
     def run_config(self) -> RunConfig:
         """The run settings to export: from a ``.toml`` file, or defaults with ``model`` as the

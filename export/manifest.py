@@ -74,6 +74,10 @@ class ProgramEntry:
     quant: str
     bytes: int
     sha256: str
+    data_file: str = ""
+    """The program's external data file (the LoRA tensors of an ExecuTorch score program), or
+    empty; relative to the artefact folder."""
+    data_sha256: str = ""
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -85,14 +89,18 @@ class ProgramEntry:
             raise ArtefactError(f"program quant {self.quant!r}: use one of {QUANTS}")
 
 
-def program_entry(path: Path, artefact_dir: Path, role: str, runtime: str,
-                  quant: str) -> ProgramEntry:
-    """Describe ``path`` (inside ``artefact_dir``): measures size and sha256 and records the
-    installed version of ``runtime`` (the one that wrote the program)."""
-    relative = path.resolve().relative_to(artefact_dir.resolve()).as_posix()
-    return ProgramEntry(role=role, file=relative, runtime=runtime,
+def program_entry(path: Path, artefact_dir: Path, role: str, runtime: str, quant: str,
+                  data: Path | None = None) -> ProgramEntry:
+    """Describe ``path`` and its data file ``data`` (inside ``artefact_dir``): measures size and
+    sha256 and records the installed version of ``runtime`` (the one that wrote the program)."""
+    def relative(p: Path) -> str:
+        return p.resolve().relative_to(artefact_dir.resolve()).as_posix()
+
+    return ProgramEntry(role=role, file=relative(path), runtime=runtime,
                         runtime_version=runtime_version(runtime), quant=quant,
-                        bytes=path.stat().st_size, sha256=sha256_of(path))
+                        bytes=path.stat().st_size, sha256=sha256_of(path),
+                        data_file="" if data is None else relative(data),
+                        data_sha256="" if data is None else sha256_of(data))
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,14 @@ class Manifest:
     """Parity of the score program against eager PyTorch, as measured at export."""
     max_batch: int = 64
     """Largest batch the score program takes (its batch dimension is dynamic up to this)."""
+    static_batch: int = 0
+    """The batch of every score method when its shapes are static (ExecuTorch), else 0."""
+    seq_buckets: tuple[int, ...] = ()
+    """Prompt lengths of the static score methods ``forward_<n>``; empty: one ``forward`` with
+    dynamic length."""
+    lora_keys: Mapping[str, str] = field(default_factory=dict)
+    """PEFT name -> key of that LoRA tensor in the score program's data file; empty when the
+    LoRA tensors are program inputs (ONNX)."""
     schema: int = SCHEMA_VERSION
 
     def program(self, role: str) -> ProgramEntry:
@@ -170,6 +186,10 @@ def verify_files(directory: Path, manifest: Manifest) -> None:
         if path.stat().st_size != entry.bytes or sha256_of(path) != entry.sha256:
             raise ArtefactError(f"{path} does not match the size/sha256 in the manifest: the "
                                 "copy is damaged; copy the artefact folder again")
+        data = directory / entry.data_file
+        if entry.data_file and (not data.is_file() or sha256_of(data) != entry.data_sha256):
+            raise ArtefactError(f"{data} (the program's data file) is missing or does not "
+                                "match the sha256 in the manifest; copy the artefact again")
 
 
 def check_compatible(manifest: Manifest, *, runtime: str, runtime_version: str, model_id: str,

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lpfl.errors import ConfigError
 from lpfl.export import stages
 from lpfl.export.config import ExportConfig
+from lpfl.export.constant_lora import ConstantLoraScorer, lora_keys
 from lpfl.export.manifest import Manifest, ProgramEntry, program_entry, write_manifest
 from lpfl.export.onnx_export import export_onnx, quantize_onnx
 from lpfl.export.parity import Parity, check, measure, parity_texts
@@ -28,17 +31,33 @@ TRAINING_QUANT = {"none": "none", "int8": "int8", "8da4w": "4bit"}
 are de-quantized in the graph; activations stay float, since the backward needs them)."""
 
 
-def build_score_program(config: ExportConfig, pm: PromptModel, graph: ScoringGraph) -> Path:
-    """Quantize, export, lower and write the score program into ``config.out``."""
-    example = example_inputs(pm, graph)
-    shapes = dynamic_shapes(graph, pm.max_length)
+@dataclass(frozen=True)
+class ScoreProgram:
+    """A written score program and what the manifest says about its shapes and LoRA data."""
+
+    path: Path
+    data: Path | None = None
+    lora_keys: Mapping[str, str] = field(default_factory=dict)
+    static_batch: int = 0
+    seq_buckets: tuple[int, ...] = ()
+
+
+def build_score_program(config: ExportConfig, pm: PromptModel,
+                        graph: ScoringGraph) -> ScoreProgram:
+    """Quantize, export, lower and write the score program into ``config.out``: for ONNX with
+    LoRA as inputs and dynamic shapes, for ExecuTorch with LoRA as external constants and one
+    static method per sequence bucket (:mod:`lpfl.export.constant_lora`)."""
     if config.runtime == "onnxruntime":
-        program = stages.export_program(graph, example, shapes)
-        return quantize_onnx(export_onnx(program, graph.lora_names, config.out), config.quant,
-                             config.group_size)
-    module = stages.quantize(graph, config.quant, config.group_size)
-    program = stages.lower(stages.export_program(module, example, shapes), config.target)
-    return stages.serialize(program, config.out)
+        program = stages.export_program(graph, example_inputs(pm, graph),
+                                        dynamic_shapes(graph, pm.max_length))
+        return ScoreProgram(quantize_onnx(export_onnx(program, graph.lora_names, config.out),
+                                          config.quant, config.group_size))
+    scorer = ConstantLoraScorer(graph).eval()
+    module = stages.quantize(scorer, config.quant, config.group_size)
+    buckets = config.buckets(pm.max_length)
+    programs = stages.export_static(module, pm, config.batch, buckets)
+    path, data = stages.serialize(stages.lower(programs, config.target), config.out)
+    return ScoreProgram(path, data, lora_keys(data.read_bytes(), scorer), config.batch, buckets)
 
 
 def build_training_program(config: ExportConfig, pm: PromptModel) -> ProgramEntry:
@@ -66,7 +85,8 @@ def run_export(config: ExportConfig) -> tuple[Manifest, Parity | None]:
     graph = stages.prepare_lora(pm, run.lora)
     config.out.mkdir(parents=True, exist_ok=True)
     score = build_score_program(config, pm, graph)
-    programs = [program_entry(score, config.out, "score", config.runtime, config.quant)]
+    programs = [program_entry(score.path, config.out, "score", config.runtime, config.quant,
+                              score.data)]
     if config.training:
         programs.append(build_training_program(config, pm))
     saved = pm.tokenizer.save_pretrained(str(config.out / TOKENIZER_DIR))
@@ -76,7 +96,9 @@ def run_export(config: ExportConfig) -> tuple[Manifest, Parity | None]:
                         pattern=run.prompt.pattern, label_words=run.prompt.label_words,
                         label_ids=tuple(pm.label_ids), max_seq_len=pm.max_length,
                         lora_shapes=graph.lora_shapes, lora=run.lora, programs=tuple(programs),
-                        max_batch=MAX_BATCH)
+                        max_batch=score.static_batch or MAX_BATCH,
+                        static_batch=score.static_batch, seq_buckets=score.seq_buckets,
+                        lora_keys=score.lora_keys)
     write_manifest(config.out, manifest)
     if not config.parity_texts:
         return manifest, None

@@ -76,7 +76,8 @@ class ScoringGraph(nn.Module):
         self.register_buffer("label_bias", None if bias is None else bias.detach()[rows].clone())
         self.lora_names = list(trainable_state(pm))
         self.lora_shapes = {n: tuple(t.shape) for n, t in trainable_state(pm).items()}
-        self._body_names = self._lora_body_names(pm)
+        self.body_names = self._lora_body_names(pm)
+        """The body's parameter name of each LoRA tensor, in ``lora_names`` order."""
 
     def _lora_body_names(self, pm: PromptModel) -> list[str]:
         """The body's parameter name of each LoRA tensor, in ``lora_names`` order.
@@ -95,7 +96,7 @@ class ScoringGraph(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor, *lora: torch.Tensor) -> torch.Tensor:
-        params = dict(zip(self._body_names, lora, strict=True))
+        params = dict(zip(self.body_names, lora, strict=True))
         out = functional_call(self.body, params, args=(), kwargs={
             "input_ids": input_ids, "attention_mask": attention_mask_4d(attention_mask),
             "position_ids": position_ids, "use_cache": False})

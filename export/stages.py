@@ -1,12 +1,12 @@
 """The export stages, each a function that can be run and tested alone.
 
-``load`` → ``prepare_lora`` → ``quantize`` → ``export_program`` → ``lower`` → ``serialize``.
-The libraries do the work: torch.export, torchao (int8 / 8da4w linears, int8 embeddings),
-executorch's ``to_edge_transform_and_lower`` with the XNNPACK partitioner. LoRA tensors are
-graph inputs and stay float32 in every scheme (the quantizer skips the LoRA matrices).
-int8 uses torchao rather than PT2E's XNNPACKQuantizer: with the LoRA tensors as inputs, the
-PT2E-quantized graph makes the XNNPACK partitioner fail ("found dependency cycles").
-ONNX has its own two stages in :mod:`lpfl.export.onnx_export`.
+``load`` → ``prepare_lora`` → ``quantize`` → ``export_static`` (or ``export_program`` for
+ONNX) → ``lower`` → ``serialize``. The libraries do the work: torch.export, torchao (int8 /
+8da4w linears, int8 embeddings), executorch's ``to_edge_transform_and_lower`` with the XNNPACK
+partitioner. LoRA tensors stay float32 in every scheme (the quantizer skips the LoRA matrices):
+graph inputs for ONNX, external constants for ExecuTorch (:mod:`lpfl.export.constant_lora`).
+int8 uses torchao rather than PT2E's XNNPACKQuantizer, which failed on the LoRA-as-inputs graph
+("found dependency cycles"). ONNX has its own two stages in :mod:`lpfl.export.onnx_export`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,16 @@ import torch
 from torch import nn
 
 from lpfl.config import LoraSettings, RunConfig
+from lpfl.errors import ArtefactError
+from lpfl.export.constant_lora import (
+    DATA_FILE,
+    LORA_TAG,
+    STATIC_VIEWS,
+    external_lora_tag,
+    method_name,
+    static_example,
+    tag_lora_constants,
+)
 from lpfl.export.scoring_graph import ScoringGraph
 from lpfl.model.adapters import attach_lora
 from lpfl.model.loading import load_base_model
@@ -85,7 +95,7 @@ def _linear_config(quant: str, group_size: int) -> Any:
                                                  weight_granularity=PerAxis(0))
 
 
-def quantize(graph: ScoringGraph, quant: str, group_size: int = 32) -> nn.Module:
+def quantize(graph: nn.Module, quant: str, group_size: int = 32) -> nn.Module:
     """The module to export for ``quant``: ``none`` as is; ``8da4w`` and ``int8`` through
     torchao (int8 dynamic activations; int4 weights in groups of ``group_size``, or int8
     weights per channel), which XNNPACK runs; embeddings become int8 for both. The LoRA
@@ -113,8 +123,31 @@ def export_program(module: nn.Module, example: tuple[torch.Tensor, ...],
     return program
 
 
-def lower(program: torch.export.ExportedProgram, target: str) -> ExecutorchProgramManager:
-    """Lower to an ExecuTorch program: XNNPACK-delegated or portable kernels only.
+def export_static(module: nn.Module, pm: PromptModel, batch: int,
+                  seq_buckets: tuple[int, ...]) -> dict[str, torch.export.ExportedProgram]:
+    """``torch.export`` the constant-LoRA scorer once per sequence bucket (static shapes), with
+    :data:`~lpfl.export.constant_lora.STATIC_VIEWS` applied and the LoRA constants tagged for
+    the external data file; keyed by method name."""
+    texts = ["a good movie", "an awful , boring and long movie"]
+    programs = {}
+    for seq_len in seq_buckets:
+        started = time.perf_counter()
+        example = static_example(pm, texts, batch, seq_len)
+        with torch.no_grad():
+            program = torch.export.export(module, example, strict=False)
+        program = program.run_decompositions(dict(STATIC_VIEWS))
+        tagged = tag_lora_constants(program)
+        log.info("torch.export %dx%d in %.1f s (%d LoRA constants tagged)", batch, seq_len,
+                 time.perf_counter() - started, tagged)
+        programs[method_name(seq_len)] = program
+    return programs
+
+
+def lower(programs: dict[str, torch.export.ExportedProgram],
+          target: str) -> ExecutorchProgramManager:
+    """Lower the methods to one ExecuTorch program: XNNPACK-delegated or portable kernels only.
+    Constants tagged by :func:`~lpfl.export.constant_lora.tag_lora_constants` go to the external
+    data file; the methods share every other constant (stored once).
 
     ExecuTorch's quant fusion turns torchao's dequantize + embedding into its
     ``quantized_decomposed::embedding_byte`` kernel (from ``executorch.kernels.quantized``).
@@ -128,17 +161,27 @@ def lower(program: torch.export.ExportedProgram, target: str) -> ExecutorchProgr
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 
         partitioner = [XnnpackPartitioner()]
-    edge = to_edge_transform_and_lower(program, partitioner=partitioner)
-    result = edge.to_executorch(ExecutorchBackendConfig(do_quant_fusion_and_const_prop=True))
-    log.info("lowered for %s in %.1f s", target, time.perf_counter() - started)
+    edge = to_edge_transform_and_lower(programs, partitioner=partitioner)
+    result = edge.to_executorch(ExecutorchBackendConfig(do_quant_fusion_and_const_prop=True,
+                                                        external_constants=external_lora_tag))
+    log.info("lowered %d method(s) for %s in %.1f s", len(programs), target,
+             time.perf_counter() - started)
     return result
 
 
-def serialize(program: ExecutorchProgramManager, out: Path) -> Path:
-    """Write the program file into ``out`` and return its path."""
+def serialize(program: ExecutorchProgramManager, out: Path) -> tuple[Path, Path]:
+    """Write the program file and its LoRA data file into ``out``; returns both paths."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / PROGRAM_FILE
     with path.open("wb") as fh:
         program.write_to_file(fh)
-    log.info("wrote %s (%.1f MB)", path, path.stat().st_size / 1e6)
-    return path
+    data = {name.removesuffix(".ptd"): bytes(cord)
+            for name, cord in (program._tensor_data or {}).items()}
+    if set(data) != {LORA_TAG}:
+        raise ArtefactError(f"the program's external data is {sorted(data)}, expected only "
+                            f"{LORA_TAG!r}: the LoRA tagging does not fit this ExecuTorch")
+    data_path = out / DATA_FILE
+    data_path.write_bytes(data[LORA_TAG])
+    log.info("wrote %s (%.1f MB) and %s (%.2f MB)", path, path.stat().st_size / 1e6, data_path,
+             data_path.stat().st_size / 1e6)
+    return path, data_path

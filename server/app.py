@@ -389,14 +389,17 @@ class AggregatorServer:
     async def _record(self, closed: protocol.RoundClosed) -> None:
         """Evaluate, checkpoint and report a closed round, then let the machine go on."""
         try:
+            evaluating = time.monotonic()
             metrics = await asyncio.to_thread(self._evaluate, closed.round, closed.global_state)
+            eval_seconds = time.monotonic() - evaluating
             for session in self._sessions.values():
                 self._account(session)
             window, self._window = self._window, {}
             seconds = time.monotonic() - (self._round_started or time.monotonic())
             self._round_started = None
             metrics = {str(k): float(v) for k, v in metrics.items()}
-            record = _round_record(closed, metrics, window, seconds, self.machine.clients)
+            record = _round_record(closed, metrics, window, seconds, self.machine.clients,
+                                   eval_seconds)
             self.history.append(record)
             checkpoint = Checkpoint(closed.round, closed.global_state, list(self.history),
                                     torch.get_rng_state().numpy().tobytes())
@@ -415,7 +418,8 @@ class AggregatorServer:
 
 def _round_record(closed: protocol.RoundClosed, metrics: dict[str, float],
                   window: Mapping[str, _Traffic], seconds: float,
-                  capabilities: Mapping[str, Mapping[str, Any]]) -> RoundRecord:
+                  capabilities: Mapping[str, Mapping[str, Any]],
+                  eval_seconds: float) -> RoundRecord:
     clients = []
     for cid in sorted(set(closed.outcomes) | set(window)):
         outcome = closed.outcomes.get(cid, protocol.ClientOutcome("idle"))
@@ -425,4 +429,4 @@ def _round_record(closed: protocol.RoundClosed, metrics: dict[str, float],
             outcome.clipped, outcome.code, traffic.payload_in, traffic.payload_out,
             traffic.wire_in, traffic.wire_out, dict(capabilities.get(cid, {}))))
     return RoundRecord(closed.round, closed.attempt, seconds, metrics, dict(closed.train_metrics),
-                       clients)
+                       clients, eval_seconds)

@@ -55,6 +55,9 @@ class RoundRecord:
     eval_metrics: Mapping[str, float]
     train_metrics: Mapping[str, float]
     clients: Sequence[ClientRecord]
+    eval_seconds: float = 0.0
+    """Of :attr:`seconds`, the server's evaluation of the new global state: an instrument of
+    the experiment, not a step of training, so reports can leave it out of time to accuracy."""
 
     def total(self, name: str) -> int:
         """Sum of one of the byte counters over all clients."""

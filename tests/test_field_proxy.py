@@ -15,6 +15,7 @@ import pytest
 from lpfl.errors import ConfigError
 from lpfl.server.field.delay_proxy import Chunk, DelayProxy
 from lpfl.server.field.profiles import LinkProfile, load_profiles
+from lpfl.server.field.report import time_to_accuracy
 from lpfl.server.field.run import round_budget, transfer_seconds
 
 LINKS = Path(__file__).resolve().parents[1] / "configs" / "links.toml"
@@ -94,3 +95,12 @@ def test_fp_fl_rounds_are_bounded_by_the_time_budget() -> None:
     bounded = round_budget("fp-fl", 5, 10.0, 25.0)
     assert (bounded.measured, bounded.requested) == (2, 5) and "extrapolated" in bounded.note
     assert round_budget("fp-fl", 5, 10.0, 5.0).measured == 0
+
+
+def test_time_to_accuracy_leaves_out_the_server_evaluation() -> None:
+    run = {"rounds": [{"seconds": 10.0, "eval_seconds": 4.0, "accuracy": 0.5},
+                      {"seconds": 12.0, "eval_seconds": 4.0, "accuracy": 0.8},
+                      {"seconds": 9.0, "accuracy": 0.9}]}  # recorded before eval_seconds
+    assert time_to_accuracy(run, 0.8) == 6.0 + 8.0
+    assert time_to_accuracy(run, 0.85) == 6.0 + 8.0 + 9.0
+    assert time_to_accuracy(run, 0.95) is None

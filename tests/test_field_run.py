@@ -45,6 +45,7 @@ def test_a_tiny_field_run_writes_the_report(tmp_path: Path) -> None:
     assert lp["rounds_measured"] == 2
     for row in lp["rounds"]:
         assert row["wire_uplink_bytes"] > row["payload_uplink_bytes"] > 0
+        assert 0 < row["eval_seconds"] < row["seconds"]  # the server evaluated, timed apart
         for c in row["clients"]:
             assert c["upload_timed"] and c["download_timed"]
             assert c["upload_seconds"] >= 0.025  # at least the one-way delay of LTE
@@ -59,3 +60,4 @@ def test_a_tiny_field_run_writes_the_report(tmp_path: Path) -> None:
     assert all(r["extrapolated"] and r["accuracy"] is None for r in fp["rounds"])
     assert list((out / "lte" / "lp-fl").glob("client-*.log"))  # real client processes ran
     assert _field_namespaces() == before  # the run removed its namespaces
+

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,8 @@ from lpfl.report import human_bytes
 
 log = logging.getLogger(__name__)
 
-PHASES = ("compute_seconds", "upload_seconds", "download_seconds", "wait_seconds")
+PHASES = ("compute_seconds", "upload_seconds", "download_seconds", "eval_seconds",
+          "wait_seconds")
 
 
 def load_runs(out: Path, paths: Sequence[Path] | None = None) -> list[dict[str, Any]]:
@@ -54,11 +55,19 @@ def mean_uplink_per_round(run: dict[str, Any]) -> tuple[float, bool]:
     return sum(r["wire_uplink_bytes"] for r in rows) / len(rows), not _measured(run)
 
 
+def training_seconds(row: dict[str, Any]) -> float:
+    """A round's wall time without the server's evaluation of it: evaluating on the test set
+    measures the experiment and is not a step of federated training (runs recorded before
+    ``eval_seconds`` existed count it in)."""
+    return float(row["seconds"]) - float(row.get("eval_seconds", 0.0))
+
+
 def time_to_accuracy(run: dict[str, Any], target: float) -> float | None:
-    """Cumulative wall seconds until a measured round first reaches ``target`` (None: never)."""
+    """Cumulative training seconds until a measured round first reaches ``target`` (None:
+    never)."""
     elapsed = 0.0
     for row in run["rounds"]:
-        elapsed += float(row["seconds"])
+        elapsed += training_seconds(row)
         if row["accuracy"] is not None and row["accuracy"] >= target:
             return elapsed
     return None
@@ -99,8 +108,8 @@ def _reached(run: dict[str, Any], seconds: float | None, verb: str) -> str:
 
 
 def total_seconds(run: dict[str, Any]) -> tuple[float, bool]:
-    """Wall seconds of all requested rounds, and whether any of them is extrapolated."""
-    return (sum(float(r["seconds"]) for r in run["rounds"]),
+    """Training seconds of all requested rounds, and whether any of them is extrapolated."""
+    return (sum(training_seconds(r) for r in run["rounds"]),
             any(r["extrapolated"] for r in run["rounds"]))
 
 
@@ -161,8 +170,8 @@ def write_field_report(out: Path, target: float | None = None,
                      f"{p['rtt_ms']} ms | {measured('up')} | {measured('down')} | "
                      f"{p['source']} |")
     lines += ["", "## Rounds", "", "| profile | method | round | accuracy | uplink (wire) | "
-              "downlink (wire) | round s | compute s | upload s | download s | wait s | |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "downlink (wire) | round s | compute s | upload s | download s | eval s | "
+              "wait s | |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         for row in run["rounds"]:
             cs = [c for c in row["clients"] if c["status"] in ("updated", "extrapolated")]
@@ -177,10 +186,14 @@ def write_field_report(out: Path, target: float | None = None,
                 f"{human_bytes(int(row['wire_uplink_bytes']))} | "
                 f"{human_bytes(int(row['wire_downlink_bytes']))} | {row['seconds']:.1f} | "
                 f"{mean('compute_seconds')} | {mean('upload_seconds')} | "
-                f"{mean('download_seconds')} | {mean('wait_seconds')} | {mark} |")
+                f"{mean('download_seconds')} | {row.get('eval_seconds', 0.0):.2f} | "
+                f"{mean('wait_seconds')} | {mark} |")
     lines += ["", "Seconds are means per sampled client. Upload and download are timed by the "
               "delay proxy (first to last byte, plus the one-way delay); compute is the client's "
-              "soft-labelling plus training; waiting is the rest of the round's wall time.", "",
+              "soft-labelling plus training; eval is the server's evaluation of the new global "
+              "state on the test set, which the summary's times leave out for every method (it "
+              "measures the experiment, it does not train); waiting is the rest of the round's "
+              "wall time.", "",
               "## Upload time against the physical limit", "",
               "| profile | method | payload / rate | measured upload | efficiency |",
               "|---|---|---|---|---|"]
@@ -254,9 +267,11 @@ def _plots(runs: Sequence[dict[str, Any]], out: Path, target: float | None) -> N
     _save(fig, out / "round_time.png")
 
     goal = target if target is not None else default_target(runs)
-    _accuracy_plot(runs, style, "wire_uplink_bytes", "cumulative uplink bytes (wire)", None,
+    _accuracy_plot(runs, style, lambda row: float(row["wire_uplink_bytes"]),
+                   "cumulative uplink bytes (wire)", None,
                    out / "accuracy_vs_uplink.png")
-    _accuracy_plot(runs, style, "seconds", "cumulative wall-clock seconds", goal,
+    _accuracy_plot(runs, style, training_seconds,
+                   "cumulative wall-clock seconds (without server evaluation)", goal,
                    out / "accuracy_vs_time.png")
 
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(runs)), 4))
@@ -274,14 +289,15 @@ def _plots(runs: Sequence[dict[str, Any]], out: Path, target: float | None) -> N
     _save(fig, out / "efficiency.png")
 
 
-def _accuracy_plot(runs: Sequence[dict[str, Any]], style: dict[str, str], key: str,
-                   xlabel: str, target: float | None, path: Path) -> None:
-    """Accuracy after each measured round against the running sum of ``key``."""
+def _accuracy_plot(runs: Sequence[dict[str, Any]], style: dict[str, str],
+                   key: Callable[[dict[str, Any]], float], xlabel: str, target: float | None,
+                   path: Path) -> None:
+    """Accuracy after each measured round against the running sum of ``key(row)``."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for run in runs:
         total, xs, ys = 0.0, [], []
         for row in run["rounds"]:
-            total += row[key]
+            total += key(row)
             if row["accuracy"] is not None:
                 xs.append(total)
                 ys.append(row["accuracy"])

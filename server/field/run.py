@@ -139,12 +139,13 @@ def field_rows(rounds: Sequence[dict[str, Any]],
 
     Upload and download seconds are :func:`transfer_seconds` of the payload plus the one-way
     delay (first byte sent to last byte delivered); waiting is what is left of the round's wall
-    time after download, compute and upload.
+    time after download, compute, upload and the server's evaluation (``eval_seconds``).
     """
     delay = profile.one_way_delay_s
     streamed: dict[tuple[str, str], int] = {}  # bytes of each client's stream before a round
     rows = []
     for record in rounds:
+        evaluation = float(record.get("eval_seconds", 0.0))
         clients = []
         for c in record["clients"]:
             cid = c["client_id"]
@@ -169,11 +170,13 @@ def field_rows(rounds: Sequence[dict[str, Any]],
                 "upload_seconds": upload, "download_seconds": download,
                 "soft_label_seconds": float(m.get("soft_label_seconds", 0.0)),
                 "train_seconds": float(m.get("train_seconds", 0.0)),
-                "compute_seconds": compute,
-                "wait_seconds": max(record["seconds"] - upload - download - compute, 0.0),
+                "compute_seconds": compute, "eval_seconds": evaluation,
+                "wait_seconds": max(record["seconds"] - evaluation - upload - download - compute,
+                                    0.0),
                 "upload_timed": times["up"] is not None,
                 "download_timed": times["down"] is not None})
         rows.append({"round": record["round"], "seconds": record["seconds"],
+                     "eval_seconds": evaluation,
                      "accuracy": record["eval_metrics"].get("accuracy"),
                      "wire_uplink_bytes": record["wire_uplink_bytes"],
                      "wire_downlink_bytes": record["wire_downlink_bytes"],
@@ -190,12 +193,12 @@ def extrapolate(rows: list[dict[str, Any]], budget: RoundBudget, profile: LinkPr
     missing = budget.requested - len(rows)
     if missing <= 0:
         return rows
-    keys = ("seconds", "wire_uplink_bytes", "wire_downlink_bytes", "payload_uplink_bytes",
-            "payload_downlink_bytes")
+    keys = ("seconds", "eval_seconds", "wire_uplink_bytes", "wire_downlink_bytes",
+            "payload_uplink_bytes", "payload_downlink_bytes")
     if rows:
-        mean = {k: sum(r[k] for r in rows) / len(rows) for k in keys}
-        client_keys = ("upload_seconds", "download_seconds", "compute_seconds", "wait_seconds",
-                       "soft_label_seconds", "train_seconds")
+        mean = {k: sum(r.get(k, 0.0) for r in rows) / len(rows) for k in keys}
+        client_keys = ("upload_seconds", "download_seconds", "compute_seconds", "eval_seconds",
+                       "wait_seconds", "soft_label_seconds", "train_seconds")
         cs = [c for r in rows for c in r["clients"] if c["status"] == "updated"] or [{}]
         per_client = {k: sum(c.get(k, 0.0) for c in cs) / len(cs) for k in client_keys}
         basis = "mean of the measured rounds"
@@ -205,9 +208,10 @@ def extrapolate(rows: list[dict[str, Any]], budget: RoundBudget, profile: LinkPr
         delay = profile.one_way_delay_s
         per_client = {"upload_seconds": profile.seconds_for(up, "up") + delay,
                       "download_seconds": profile.seconds_for(down, "down") + delay,
-                      "compute_seconds": 0.0, "wait_seconds": 0.0, "soft_label_seconds": 0.0,
-                      "train_seconds": 0.0}
-        mean = {"seconds": budget.estimated_round_s, "wire_uplink_bytes": up * clients,
+                      "compute_seconds": 0.0, "eval_seconds": 0.0, "wait_seconds": 0.0,
+                      "soft_label_seconds": 0.0, "train_seconds": 0.0}
+        mean = {"seconds": budget.estimated_round_s, "eval_seconds": 0.0,
+                "wire_uplink_bytes": up * clients,
                 "wire_downlink_bytes": down * clients, "payload_uplink_bytes": up * clients,
                 "payload_downlink_bytes": down * clients}
         basis = "physical limit of the link (nothing measured)"
