@@ -105,8 +105,11 @@ def artefact_dir(root: Path, case: Case) -> Path:
     return root / f"{case.target}-{case.quant}"
 
 
-def export_case(model: str, case: Case, max_seq_len: int, train_batch: int, root: Path) -> Path:
-    """Export ``case`` into a folder of ``root`` unless a finished export is already there."""
+def export_case(model: str, case: Case, max_seq_len: int, batch: int, buckets: tuple[int, ...],
+                root: Path) -> Path:
+    """Export ``case`` into a folder of ``root`` unless a finished export is already there
+    (ExecuTorch score methods of ``batch`` rows for the sequence ``buckets``; training batch
+    ``batch``)."""
     from lpfl.export.config import ExportConfig
     from lpfl.export.manifest import MANIFEST_FILE
     from lpfl.export.pipeline import run_export
@@ -118,7 +121,8 @@ def export_case(model: str, case: Case, max_seq_len: int, train_batch: int, root
     started = time.perf_counter()
     run_export(ExportConfig(model=model, target=case.target, quant=case.quant, out=out,
                             max_seq_len=max_seq_len, training=case.trains_on_program,
-                            train_batch_size=train_batch, parity_texts=0))
+                            batch=batch, seq_buckets=buckets, train_batch_size=batch,
+                            parity_texts=0))
     log.info("exported %s in %.0f s", case.name, time.perf_counter() - started)
     return out
 
@@ -221,12 +225,15 @@ def _file_bytes(root: Path, case: Case, role: str) -> int | None:
 
 
 def run_benchmark(args: argparse.Namespace) -> list[CaseResult]:
+    from lpfl.export.cli import parse_buckets
+
     torch.set_num_threads(1)
     cases = [Case.parse(c) for c in args.cases.split(",")]
     if cases[0].name != "eager:none":
         raise SystemExit("--cases must start with eager:none (the reference)")
     for case in cases[1:]:
-        export_case(args.model, case, args.max_seq_len, args.batch, args.artefacts)
+        export_case(args.model, case, args.max_seq_len, args.batch,
+                    parse_buckets(args.seq_buckets), args.artefacts)
     results = {c.name: CaseResult(c.name, _file_bytes(args.artefacts, c, "score"),
                                   _file_bytes(args.artefacts, c, "train")) for c in cases}
     for case in cases:
@@ -259,6 +266,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
     return {"machine": platform.machine(), "processor": platform.processor(),
             "python": platform.python_version(), "threads": 1, "versions": versions,
             "model": args.model, "max_seq_len": args.max_seq_len, "batch": args.batch,
+            "seq_buckets": args.seq_buckets,
             "texts": args.texts, "repeats": args.repeats, "train_steps": args.train_steps}
 
 
@@ -274,7 +282,7 @@ def report(results: Sequence[CaseResult], env: dict[str, Any]) -> str:
     fp32 = {r.case.split(":")[0]: r for r in results if r.case.endswith(":none")}
 
     def fp32_of(r: CaseResult) -> CaseResult | None:
-        return fp32.get(r.case.split(":")[0])
+        return fp32.get(r.case.split(":")[0]) or fp32.get("onnx")
 
     lines = [
         "# Edge-runtime benchmark",
@@ -283,7 +291,10 @@ def report(results: Sequence[CaseResult], env: dict[str, Any]) -> str:
         f"{env['batch']}, {env['texts']} MR sentences, one thread, median of {env['repeats']} "
         f"round-robin repeats; {env['machine']}, torch {env['versions']['torch']}, executorch "
         f"{env['versions']['executorch']}, onnxruntime {env['versions']['onnxruntime']}.",
-        "Ratios are against eager fp32; file sizes against the same target's fp32 program.",
+        "Ratios are against eager fp32; file sizes against the same target's fp32 program "
+        "(ONNX fp32 where that target's is not in the run). ExecuTorch programs have static "
+        f"shapes: batch {env['batch']}, sequence buckets {env['seq_buckets']}; every backend "
+        "scores in batches of similar prompt length.",
         "",
         "| case | score file | size ratio | load s | peak RSS | sentences/s | throughput "
         "ratio | agreement | train file | train step s | step ratio |",
@@ -346,6 +357,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--case", help="(rss mode) the case to load in this process")
     parser.add_argument("--max-seq-len", type=int, default=64)
     parser.add_argument("--batch", type=int, default=8, help="scoring and training batch")
+    parser.add_argument("--seq-buckets", default="32,48",
+                        help="(ExecuTorch exports) score-method lengths besides --max-seq-len")
     parser.add_argument("--texts", type=int, default=200, help="MR sentences to score")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-steps", type=int, default=3, help="training steps per repeat")
