@@ -92,6 +92,9 @@ class CaseResult:
     sentences_per_s: float | None = None
     agreement: float | None = None
     train_step_seconds: float | None = None
+    swap_seconds: float | None = None
+    """A new adapter into the scorer plus the first batch under it (an ExecuTorch program is
+    reloaded with a rewritten data file, and XNNPACK packs its weights again)."""
 
 
 def _run_config(model: str, max_seq_len: int) -> Any:
@@ -215,6 +218,21 @@ def round_robin(backends: Sequence[Backend], work: Callable[[Backend], object],
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
+def adapter_swap_seconds(backends: Sequence[Backend], factory: EagerFactory,
+                         texts: Sequence[str], batch: int) -> dict[str, float]:
+    """Per backend: seconds to take a new (random) adapter and score one batch with it."""
+    from lpfl.export.parity import random_adapter
+
+    state = random_adapter(factory())
+    seconds = {}
+    for backend in backends:
+        started = time.perf_counter()
+        backend.runtime.scorer.load_state(state)
+        backend.score(texts, batch)
+        seconds[backend.case.name] = time.perf_counter() - started
+    return seconds
+
+
 def _file_bytes(root: Path, case: Case, role: str) -> int | None:
     from lpfl.export.manifest import load_manifest
 
@@ -248,7 +266,9 @@ def run_benchmark(args: argparse.Namespace) -> list[CaseResult]:
     examples = train_examples(4 * args.batch)
     train_s = round_robin(trainers, lambda b: b.train(examples, args.train_steps, args.batch),
                           args.repeats)
+    swap_s = adapter_swap_seconds(backends, factory, texts[: args.batch], args.batch)
     for name, result in results.items():
+        result.swap_seconds = swap_s[name]
         result.sentences_per_s = len(texts) / score_s[name]
         result.agreement = float((decisions[name] == reference).float().mean())
         if name in train_s:
@@ -293,12 +313,12 @@ def report(results: Sequence[CaseResult], env: dict[str, Any]) -> str:
         f"{env['versions']['executorch']}, onnxruntime {env['versions']['onnxruntime']}.",
         "Ratios are against eager fp32; file sizes against the same target's fp32 program "
         "(ONNX fp32 where that target's is not in the run). ExecuTorch programs have static "
-        f"shapes: batch {env['batch']}, sequence buckets {env['seq_buckets']}; every backend "
-        "scores in batches of similar prompt length.",
+        f"shapes: batch {env['batch']}, prompt lengths {env['seq_buckets']} and "
+        f"{env['max_seq_len']}; every backend scores in batches of similar prompt length.",
         "",
         "| case | score file | size ratio | load s | peak RSS | sentences/s | throughput "
-        "ratio | agreement | train file | train step s | step ratio |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "ratio | agreement | adapter swap s | train file | train step s | step ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(
@@ -306,7 +326,7 @@ def report(results: Sequence[CaseResult], env: dict[str, Any]) -> str:
             f"| {_ratio(r.score_file_bytes, _get(fp32_of(r), 'score_file_bytes'))} "
             f"| {_num(r.load_seconds)} | {_mb(r.peak_rss_bytes)} | {_num(r.sentences_per_s)} "
             f"| {_ratio(r.sentences_per_s, eager.sentences_per_s)} | {_pct(r.agreement)} "
-            f"| {_mb(r.train_file_bytes)} | {_num(r.train_step_seconds)} "
+            f"| {_num(r.swap_seconds)} | {_mb(r.train_file_bytes)} | {_num(r.train_step_seconds)} "
             f"| {_ratio(r.train_step_seconds, eager.train_step_seconds)} |")
     lines += ["", "## Goals", ""]
     for r in results:
