@@ -21,26 +21,9 @@ from lpfl.edge_client.trainer_api import peak_rss_bytes
 from lpfl.simulate import federated_data, fresh_prompt_model, method_mode
 
 from .conftest import tiny_config
+from .test_launch import RUN
 
 MIB = 2**20
-RUN = """
-[model]
-source = "tiny-llama"
-max_length = 48
-[data]
-test_size = 100
-validation_size = 0
-shots_per_class = 8
-unlabeled_per_client = 16
-num_clients = 2
-[federation]
-rounds = 2
-clients_per_round = 2
-local_steps = 2
-batch_size = 4
-[run]
-methods = ["lp-fl"]
-"""
 
 
 def profile_file(path: Path, budget_mb: int) -> Path:
