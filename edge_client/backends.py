@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
+from lpfl.config import PromptSettings
 from lpfl.errors import ArtefactError, ConfigError
 from lpfl.model.adapters import load_trainable_state, trainable_state
 from lpfl.model.prompt import PromptModel
@@ -164,10 +165,12 @@ def _program_trainer(artefact: Path) -> ProgramTrainer | None:
 
 def program_runtime(backend: str, artefact: Path, model_id: str,
                     eager_model: Callable[[], PromptModel],
-                    eager_training: bool = False) -> ClientRuntime:
+                    eager_training: bool = False, prompt: PromptSettings | None = None,
+                    max_seq_len: int = 0) -> ClientRuntime:
     """Soft-label with the artefact's score program on ``backend``; train with its ExecuTorch
     training program unless ``eager_training`` (or the artefact has none), else on the eager
-    model that ``eager_model`` builds. Only the eager path loads the torch model.
+    model that ``eager_model`` builds. Only the eager path loads the torch model. The run's
+    ``prompt`` and ``max_seq_len``, when given, must be the artefact's.
     """
     from lpfl.export.manifest import runtime_version
 
@@ -177,7 +180,8 @@ def program_runtime(backend: str, artefact: Path, model_id: str,
     trainer: LocalTrainer
     if program is not None:
         shapes = {name: tuple(t.shape) for name, t in program.parameters.items()}
-        scorer = ProgramScorer(artefact, runtime=backend, model_id=model_id, lora_shapes=shapes)
+        scorer = ProgramScorer(artefact, runtime=backend, model_id=model_id, lora_shapes=shapes,
+                               prompt=prompt, max_seq_len=max_seq_len)
         if scorer.num_classes != program.num_classes:
             raise ArtefactError(f"{artefact}: the score program has {scorer.num_classes} "
                                 f"classes, the training program {program.num_classes}; "
@@ -187,7 +191,7 @@ def program_runtime(backend: str, artefact: Path, model_id: str,
         pm = eager_model()
         shapes = {name: tuple(t.shape) for name, t in trainable_state(pm).items()}
         scorer = ProgramScorer(artefact, runtime=backend, model_id=pm.base.model_id,
-                               lora_shapes=shapes)
+                               lora_shapes=shapes, prompt=prompt, max_seq_len=max_seq_len)
         trainer, training = EagerTrainer(pm), "eager"
     versions = {backend: runtime_version(backend)}
     if training == "executorch":

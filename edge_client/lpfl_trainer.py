@@ -50,7 +50,8 @@ def lpfl_trainer(args: argparse.Namespace) -> LocalClient:
         model = eager_model()
     else:
         model = program_runtime(args.backend, args.artefact, model_id_of(config.model),
-                                eager_model, args.eager_training)
+                                eager_model, args.eager_training, prompt=config.prompt,
+                                max_seq_len=config.model.max_length)
     client = LocalClient(args.client_id, index, model, data.labeled[index],
                          data.unlabeled[index], config.run.eval_batch_size)
     if args.profile is not None:

@@ -145,15 +145,18 @@ class ProgramScorer:
     """Class logits for texts from an exported score program; see the module docstring.
 
     ``runtime`` is ``executorch`` or ``onnxruntime``; ``model_id`` and ``lora_shapes`` describe
-    the client's model (its base model id and its adapter's tensor names -> shapes). An
-    artefact that does not fit is refused with an :class:`~lpfl.errors.ArtefactError`.
+    the client's model (its base model id and its adapter's tensor names -> shapes), ``prompt``
+    and ``max_seq_len`` the run's prompt (checked when given). An artefact that does not fit is
+    refused with an :class:`~lpfl.errors.ArtefactError`.
     """
 
     def __init__(self, artefact: Path, *, runtime: str, model_id: str,
-                 lora_shapes: Mapping[str, tuple[int, ...]], verify: bool = True) -> None:
+                 lora_shapes: Mapping[str, tuple[int, ...]], verify: bool = True,
+                 prompt: PromptSettings | None = None, max_seq_len: int = 0) -> None:
         self.manifest = load_manifest(artefact)
         check_compatible(self.manifest, runtime=runtime, runtime_version=runtime_version(runtime),
-                         model_id=model_id, lora_shapes=lora_shapes)
+                         model_id=model_id, lora_shapes=lora_shapes, prompt=prompt,
+                         max_seq_len=max_seq_len)
         if verify:
             verify_files(artefact, self.manifest)
         entry = self.manifest.program("score")

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from lpfl.config import LoraSettings, build_section
+from lpfl.config import LoraSettings, PromptSettings, build_section
 from lpfl.errors import ArtefactError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -193,13 +193,29 @@ def verify_files(directory: Path, manifest: Manifest) -> None:
 
 
 def check_compatible(manifest: Manifest, *, runtime: str, runtime_version: str, model_id: str,
-                     lora_shapes: Mapping[str, tuple[int, ...]]) -> None:
+                     lora_shapes: Mapping[str, tuple[int, ...]],
+                     prompt: PromptSettings | None = None, max_seq_len: int = 0) -> None:
     """Refuse an artefact this client cannot use, naming the field that differs and the fix.
 
     ``runtime``/``runtime_version`` are the client's installed runtime; every program of the
     artefact for that runtime must have been written by exactly that version. ``model_id`` and
-    ``lora_shapes`` are the client's base model and adapter (names -> shapes).
+    ``lora_shapes`` are the client's base model and adapter (names -> shapes). ``prompt`` and
+    ``max_seq_len`` (when given) are the run's: an artefact exported for another pattern, other
+    label words or another length would soft-label differently from what the client trains.
     """
+    if prompt is not None:
+        for name, theirs, ours in (("pattern", manifest.pattern, prompt.pattern),
+                                   ("label_words", tuple(manifest.label_words),
+                                    tuple(prompt.label_words))):
+            if theirs != ours:
+                raise ArtefactError(f"{name}: the artefact was exported for {theirs!r}, the run "
+                                    f"uses {ours!r}; re-export with --model RUN.toml (the run "
+                                    "file) or use --backend eager")
+    if max_seq_len and manifest.max_seq_len != max_seq_len:
+        raise ArtefactError(f"max_seq_len: the artefact takes prompts of up to "
+                            f"{manifest.max_seq_len} tokens, the run's model.max_length is "
+                            f"{max_seq_len}; re-export with --model RUN.toml or use --backend "
+                            "eager")
     programs = [p for p in manifest.programs if p.runtime == runtime]
     if not programs:
         raise ArtefactError(f"runtime: the artefact has programs for "

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lpfl.cli import main
-from lpfl.config import LoraSettings, ModelSettings, RunConfig
+from lpfl.config import LoraSettings, ModelSettings, PromptSettings, RunConfig
 from lpfl.edge_client.program_scorer import ProgramScorer
 from lpfl.errors import ArtefactError, ConfigError
 from lpfl.export import pipeline, stages
@@ -84,6 +84,23 @@ def test_artefact_from_other_runtime_version_or_model_is_refused(
         _scorer("onnx", eager, _edited_copy(tmp_path / "m", model_id="smollm2"))
     with pytest.raises(ArtefactError, match=r"runtime: .*--target"):
         _scorer("executorch-xnnpack", eager, exported("onnx")[0])
+
+
+def test_run_with_another_prompt_or_length_is_refused(eager: PromptModel) -> None:
+    folder, manifest, _ = exported("onnx")
+    shapes = dict(manifest.lora_shapes)
+    same = PromptSettings(manifest.pattern, manifest.label_words)
+    ProgramScorer(folder, runtime="onnxruntime", model_id="tiny-llama", lora_shapes=shapes,
+                  prompt=same, max_seq_len=manifest.max_seq_len)
+    for prompt, field in ((PromptSettings("Movie: {text} It was", manifest.label_words),
+                           "pattern"),
+                          (PromptSettings(manifest.pattern, (" bad", " good")), "label_words")):
+        with pytest.raises(ArtefactError, match=rf"{field}.*--backend eager"):
+            ProgramScorer(folder, runtime="onnxruntime", model_id="tiny-llama",
+                          lora_shapes=shapes, prompt=prompt)
+    with pytest.raises(ArtefactError, match="max_seq_len"):
+        ProgramScorer(folder, runtime="onnxruntime", model_id="tiny-llama", lora_shapes=shapes,
+                      prompt=same, max_seq_len=manifest.max_seq_len + 16)
 
 
 def test_client_with_other_lora_shapes_is_refused(eager: PromptModel) -> None:
