@@ -204,13 +204,13 @@ def check_compatible(manifest: Manifest, *, runtime: str, runtime_version: str, 
     label words or another length would soft-label differently from what the client trains.
     """
     if prompt is not None:
-        for name, theirs, ours in (("pattern", manifest.pattern, prompt.pattern),
-                                   ("label_words", tuple(manifest.label_words),
-                                    tuple(prompt.label_words))):
-            if theirs != ours:
-                raise ArtefactError(f"{name}: the artefact was exported for {theirs!r}, the run "
-                                    f"uses {ours!r}; re-export with --model RUN.toml (the run "
-                                    "file) or use --backend eager")
+        for name, exported, wanted in (("pattern", manifest.pattern, prompt.pattern),
+                                       ("label_words", tuple(manifest.label_words),
+                                        tuple(prompt.label_words))):
+            if exported != wanted:
+                raise ArtefactError(f"{name}: the artefact was exported for {exported!r}, the "
+                                    f"run uses {wanted!r}; re-export with --model RUN.toml (the "
+                                    "run file) or use --backend eager")
     if max_seq_len and manifest.max_seq_len != max_seq_len:
         raise ArtefactError(f"max_seq_len: the artefact takes prompts of up to "
                             f"{manifest.max_seq_len} tokens, the run's model.max_length is "
