@@ -3,7 +3,7 @@ against the XNNPACK kernels the quantized ExecuTorch programs use, at one thread
 
 Usage::
 
-    python bench/gemm_ceiling.py --out bench/results/gemm_ceiling
+    python bench/gemm_ceiling.py --rows 32,256,512 --out bench/results/gemm_ceiling
 
 A prompt model's soft-labelling time is almost all linear layers, so if a quantized kernel is not
 2× PyTorch's fp32 GEMM on a shape, no program built on it can be 2× eager on the model. For each
@@ -16,11 +16,13 @@ process, round-robin, median of ``--repeats``. ``results.json`` and ``report.md`
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,9 +67,10 @@ def time_shape(rows: int, k: int, n: int, generator: torch.Generator, repeats: i
     x = torch.randn(rows, k, generator=generator)
     # The loaded modules read their program buffers in place: keep (module, buffer) pairs alive.
     methods = {s: xnnpack_linear(weight, rows, s) for s in SCHEMES}
-    work = {"torch fp32": lambda: nn.functional.linear(x, weight)}
+    work: dict[str, Callable[[], object]] = {
+        "torch fp32": lambda: nn.functional.linear(x, weight)}
     for scheme, (module, _buffer) in methods.items():
-        work[f"xnnpack {scheme}"] = (lambda m=module: m.forward([x]))
+        work[f"xnnpack {scheme}"] = functools.partial(module.forward, [x])
     times: dict[str, list[float]] = {name: [] for name in work}
     for fn in work.values():
         fn()  # warm up (XNNPACK packs weights on first run)
