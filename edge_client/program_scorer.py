@@ -49,8 +49,9 @@ class _ExecutorchRunner:
 
     The LoRA tensors live in the program's data file (``lora.ptd``): :meth:`set_lora` writes the
     adapter's bytes under the keys the manifest names and reloads the program with that data.
-    :meth:`run` pads a batch to the program's static batch and the shortest sequence bucket that
-    holds it, and drops the padding rows from the result.
+    :meth:`run` pads a batch (at most the program's static batch, as :class:`ProgramScorer`
+    makes them) to that batch and the shortest sequence bucket that holds it, and drops the
+    padding rows from the result.
     """
 
     def __init__(self, artefact: Path, entry: ProgramEntry, manifest: Manifest) -> None:
@@ -90,13 +91,9 @@ class _ExecutorchRunner:
         if seq_len is None:
             raise ArtefactError(f"a {length}-token prompt exceeds the program's longest method "
                                 f"({self._buckets[-1]}); re-export with a larger --max-seq-len")
-        outs = []
-        for start in range(0, rows, self._batch):
-            part = [t[start : start + self._batch] for t in tokens]
-            padded = pad_tokens(part, self._batch, seq_len)
-            out = self._module.run_method(method_name(seq_len), padded)[0]
-            outs.append(out[: part[0].shape[0]])
-        return torch.cat(outs)
+        padded = pad_tokens(list(tokens), self._batch, seq_len)
+        out: torch.Tensor = self._module.run_method(method_name(seq_len), padded)[0]
+        return out[:rows]
 
 
 class _OnnxRunner:

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 TOKEN_INPUTS = ("input_ids", "attention_mask", "position_ids")
 MAX_BATCH = 64
 """Largest batch a program accepts (the batch dimension is dynamic up to this)."""
+EXAMPLE_TEXTS = ("a good movie", "an awful , boring and long movie")
+"""The prompts every export traces with."""
 
 
 def attention_mask_4d(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -107,7 +109,7 @@ class ScoringGraph(nn.Module):
 
 def example_inputs(pm: PromptModel, graph: ScoringGraph) -> tuple[torch.Tensor, ...]:
     """Sample inputs for tracing: two short prompts and the model's current LoRA tensors."""
-    batch = pm.encoder.encode(["a good movie", "an awful , boring and long movie"])
+    batch = pm.encoder.encode(list(EXAMPLE_TEXTS))
     state = trainable_state(pm)
     return (*(batch[k] for k in TOKEN_INPUTS), *(state[n] for n in graph.lora_names))
 

@@ -31,7 +31,7 @@ from lpfl.export.constant_lora import (
     static_example,
     tag_lora_constants,
 )
-from lpfl.export.scoring_graph import ScoringGraph
+from lpfl.export.scoring_graph import EXAMPLE_TEXTS, ScoringGraph
 from lpfl.model.adapters import attach_lora
 from lpfl.model.loading import load_base_model
 from lpfl.model.prompt import PromptModel
@@ -128,11 +128,10 @@ def export_static(module: nn.Module, pm: PromptModel, batch: int,
     """``torch.export`` the constant-LoRA scorer once per sequence bucket (static shapes), with
     :data:`~lpfl.export.constant_lora.STATIC_VIEWS` applied and the LoRA constants tagged for
     the external data file; keyed by method name."""
-    texts = ["a good movie", "an awful , boring and long movie"]
     programs = {}
     for seq_len in seq_buckets:
         started = time.perf_counter()
-        example = static_example(pm, texts, batch, seq_len)
+        example = static_example(pm, list(EXAMPLE_TEXTS), batch, seq_len)
         with torch.no_grad():
             program = torch.export.export(module, example, strict=False)
         program = program.run_decompositions(dict(STATIC_VIEWS))

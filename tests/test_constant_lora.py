@@ -4,6 +4,7 @@ adapter is swapped by rewriting the data file."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from lpfl.export.constant_lora import (
 )
 from lpfl.export.manifest import verify_files
 from lpfl.export.scoring_graph import TOKEN_INPUTS, attention_mask_4d
+from lpfl.model.adapters import load_trainable_state
 from lpfl.model.prompt import PromptModel
 
 from .export_artefacts import exported
@@ -90,8 +92,6 @@ def test_constant_lora_scorer_equals_the_prompt_model_with_its_lora(pm: PromptMo
     scorer = ConstantLoraScorer(graph).eval()
     assert len({bytes(p.detach().numpy()) for p in scorer.lora_params.values()}) == len(
         scorer.lora_params)  # distinct values: distinct XNNPACK data keys
-    from lpfl.model.adapters import load_trainable_state
-
     load_trainable_state(pm, {n: p.detach() for n, p in scorer.lora_params.items()})
     batch = pm.encoder.encode(TEXTS)
     with torch.no_grad():
@@ -128,8 +128,6 @@ def test_rewritten_data_file_refuses_other_sizes_and_a_torn_copy_is_caught(
     with pytest.raises(ArtefactError, match="bytes"):
         rewrite_lora_data(template, manifest.lora_keys, state)
     copy = tmp_path / "artefact"
-    import shutil
-
     shutil.copytree(folder, copy)
     (copy / "lora.ptd").write_bytes(template[:-8] + b"\0" * 8)
     with pytest.raises(ArtefactError, match="data file"):

@@ -155,7 +155,11 @@ class PromptModel:
 
     def encode(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Tokenized prompts on this model's device (see :meth:`PromptEncoder.encode`)."""
-        return {k: v.to(self.device) for k, v in self.encoder.encode(texts).items()}
+        return self.on_device(self.encoder.encode(texts))
+
+    def on_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``batch`` (as :meth:`PromptEncoder.encode` gives it) moved to this model's device."""
+        return {k: v.to(self.device) for k, v in batch.items()}
 
     def class_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Label-word logits, shape ``[batch, num_classes]``; differentiable."""
@@ -180,6 +184,6 @@ class PromptModel:
         try:
             return score_in_length_order(
                 self.encoder, texts, batch_size,
-                lambda batch: self.class_logits({k: v.to(self.device) for k, v in batch.items()}))
+                lambda batch: self.class_logits(self.on_device(batch)))
         finally:
             self.network.train(was_training)
