@@ -148,7 +148,8 @@ def _program_trainer(artefact: Path) -> ProgramTrainer | None:
 
     from .program_trainer import ProgramTrainer
 
-    entries = [p for p in load_manifest(artefact).programs if p.role == "train"]
+    manifest = load_manifest(artefact)
+    entries = [p for p in manifest.programs if p.role == "train"]
     if not entries:
         log.warning("%s has no training program (export it with --training): training runs "
                     "eagerly", artefact)
@@ -160,7 +161,7 @@ def _program_trainer(artefact: Path) -> ProgramTrainer | None:
                     "training runs eagerly (re-export with this version to train on-device)",
                     entry.runtime_version, installed or "none")
         return None
-    return ProgramTrainer(artefact / entry.file)
+    return ProgramTrainer(artefact / entry.file, manifest.lora_shapes)
 
 
 def program_runtime(backend: str, artefact: Path, model_id: str,

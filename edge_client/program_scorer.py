@@ -43,6 +43,18 @@ class _Runner(Protocol):
     def run(self, tokens: Sequence[torch.Tensor]) -> torch.Tensor: ...
 
 
+def use_torch_threads() -> None:
+    """Give ExecuTorch's threadpool (XNNPACK's threads) as many threads as torch has, so a
+    client's ``--threads`` / device profile holds for every runtime."""
+    from executorch.extension.pybindings.portable_lib import (
+        _threadpool_get_thread_count,
+        _unsafe_reset_threadpool,
+    )
+
+    if _threadpool_get_thread_count() != torch.get_num_threads():
+        _unsafe_reset_threadpool(torch.get_num_threads())
+
+
 class _ExecutorchRunner:
     """The static score methods of a .pte program, through ExecuTorch's pybindings, with as
     many XNNPACK threads as torch uses (so runtimes compare at equal threads).
@@ -56,13 +68,8 @@ class _ExecutorchRunner:
 
     def __init__(self, artefact: Path, entry: ProgramEntry, manifest: Manifest) -> None:
         import executorch.kernels.quantized  # noqa: F401  (int8 embedding kernels)
-        from executorch.extension.pybindings.portable_lib import (
-            _threadpool_get_thread_count,
-            _unsafe_reset_threadpool,
-        )
 
-        if _threadpool_get_thread_count() != torch.get_num_threads():
-            _unsafe_reset_threadpool(torch.get_num_threads())  # as many threads as torch
+        use_torch_threads()
         if not (entry.data_file and manifest.lora_keys and manifest.seq_buckets
                 and manifest.static_batch):
             raise ArtefactError(f"{artefact} was exported by an older lpfl (LoRA as program "

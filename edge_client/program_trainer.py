@@ -1,19 +1,16 @@
 """Local LoRA training with an ExecuTorch training program instead of eager PyTorch.
 
-The program (:mod:`lpfl.export.training_program`) computes the loss, the class logits and the
-gradients of the LoRA tensors; its parameter tensors are the LoRA tensors themselves, and writing
-into them updates the program's weights in place. :class:`ProgramTrainer` loads a global adapter
-into them, applies the same ``torch.optim.AdamW`` update as :func:`lpfl.training.train_steps` to
-the program's gradients (ExecuTorch's own Python optimizer is SGD only), and reads the adapter
-back under PEFT's names (those of :func:`lpfl.model.adapters.trainable_state`).
-:func:`program_train_steps` is a drop-in for :func:`lpfl.training.train_steps`: same batches from
-the same ``rng``, same loss, same optimizer.
+The program (:mod:`lpfl.export.training_program`) takes the LoRA tensors and one batch and
+returns the loss, the class logits and the gradients of the LoRA tensors. :class:`ProgramTrainer`
+keeps the adapter (under PEFT's names, those of :func:`lpfl.model.adapters.trainable_state`),
+feeds it to the program at every step and applies the same ``torch.optim.AdamW`` update as
+:func:`lpfl.training.train_steps` to the gradients. :func:`program_train_steps` is a drop-in for
+:func:`lpfl.training.train_steps`: same batches from the same ``rng``, same loss, same optimizer.
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -23,19 +20,14 @@ import torch
 from lpfl.errors import ArtefactError
 from lpfl.training import TrainExample, batches, example_losses
 
+from .program_scorer import use_torch_threads
+
 log = logging.getLogger(__name__)
 
 METHOD = "forward"
-PARAMETER_PREFIX = "network."  # the loss module's attribute holding the PEFT model
-ADAPTER = "default"  # PEFT's adapter name; get_peft_model_state_dict drops ".default"
+BATCH_INPUTS = 5  # input_ids, attention_mask, position_ids, targets, weights
 
 Encode = Callable[[Sequence[str]], dict[str, torch.Tensor]]
-
-
-def peft_name(program_name: str) -> str:
-    """The PEFT state-dict name of a program parameter (the rule of
-    ``peft.utils.get_peft_model_state_dict``: drop the adapter name)."""
-    return program_name.removeprefix(PARAMETER_PREFIX).replace(f".{ADAPTER}", "")
 
 
 def pad_inputs(batch: Mapping[str, torch.Tensor], targets: torch.Tensor, weights: torch.Tensor,
@@ -64,46 +56,52 @@ def pad_inputs(batch: Mapping[str, torch.Tensor], targets: torch.Tensor, weights
 
 
 class ProgramTrainer:
-    """One training program, loaded once; its LoRA tensors are the trainable state.
+    """One training program, loaded once, and the adapter it trains.
 
-    Call :meth:`load_state` with each round's global adapter, then :meth:`step` as often as the
-    round asks (a fresh AdamW per :meth:`reset_optimizer`), then :meth:`state` for the update.
+    ``lora_shapes`` are the artefact's LoRA tensors (PEFT name -> shape, as in its manifest); the
+    program takes them in sorted-name order. Call :meth:`load_state` with each round's global
+    adapter, then :meth:`step` as often as the round asks (a fresh AdamW per
+    :meth:`reset_optimizer`), then :meth:`state` for the update.
     """
 
-    def __init__(self, program: Path | bytes) -> None:
-        from executorch.exir._warnings import ExperimentalWarning
-        from executorch.extension.training import (
-            _load_for_executorch_for_training,
-            _load_for_executorch_for_training_from_buffer,
+    def __init__(self, program: Path | bytes,
+                 lora_shapes: Mapping[str, Sequence[int]]) -> None:
+        from executorch.extension.pybindings.portable_lib import (
+            _load_for_executorch,
+            _load_for_executorch_from_buffer,
         )
 
         if not isinstance(program, bytes) and not Path(program).is_file():
             raise ArtefactError(f"training program {program} does not exist; export one with "
                                 "lpfl export --training")
-        # The training API is marked experimental; executorch is pinned, so the warning is noise.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)
-            self.module = (_load_for_executorch_for_training_from_buffer(program)
-                           if isinstance(program, bytes)
-                           else _load_for_executorch_for_training(str(program)))
-        meta = self.module.model.method_meta(METHOD)
-        self.batch_size, self.seq_len = (int(s) for s in meta.input_tensor_meta(0).sizes())
-        self.num_classes = int(meta.input_tensor_meta(3).sizes()[1])
-        # The Python API exposes the parameter tensors only after a first run.
-        self.module.forward_backward(METHOD, self._dummy_inputs())
+        use_torch_threads()
+        # The runtime reads a buffer in place and lazily: the bytes must live as long as it.
+        self._buffer = program if isinstance(program, bytes) else None
+        self.module = (_load_for_executorch_from_buffer(program) if isinstance(program, bytes)
+                       else _load_for_executorch(str(program)))
+        meta = self.module.method_meta(METHOD)
+        names = sorted(lora_shapes)
+        if meta.num_inputs() != len(names) + BATCH_INPUTS:
+            raise ArtefactError(f"the training program takes {meta.num_inputs()} inputs, not "
+                                f"{len(names)} LoRA tensors and a batch: it was exported for "
+                                "other lora settings or by an older lpfl; re-export it")
+        for index, name in enumerate(names):
+            program_shape = tuple(meta.input_tensor_meta(index).sizes())
+            if program_shape != tuple(lora_shapes[name]):
+                raise ArtefactError(f"LoRA tensor {name}: the training program takes "
+                                    f"{program_shape}, the artefact says "
+                                    f"{tuple(lora_shapes[name])}; re-export it")
+        first = len(names)
+        self.batch_size, self.seq_len = (int(s) for s in meta.input_tensor_meta(first).sizes())
+        self.num_classes = int(meta.input_tensor_meta(first + 3).sizes()[1])
         self.parameters: dict[str, torch.Tensor] = {
-            peft_name(k): v for k, v in self.module.named_parameters().items()}
+            name: torch.zeros(tuple(lora_shapes[name])) for name in names}
+        self._gradients: dict[str, torch.Tensor] = {}
         self._optimizer: torch.optim.AdamW | None = None
         self._weight_decay = 0.0
         log.info("training program: %d trainable tensors (%d values), batch %d x %d tokens",
                  len(self.parameters), sum(p.numel() for p in self.parameters.values()),
                  self.batch_size, self.seq_len)
-
-    def _dummy_inputs(self) -> tuple[torch.Tensor, ...]:
-        b, n, c = self.batch_size, self.seq_len, self.num_classes
-        return (torch.zeros(b, n, dtype=torch.long), torch.ones(b, n, dtype=torch.long),
-                torch.arange(n).expand(b, n).contiguous(), torch.full((b, c), 1.0 / c),
-                torch.ones(b))
 
     def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
         """Write a (global) adapter into the program and start a fresh optimizer."""
@@ -137,22 +135,26 @@ class ProgramTrainer:
         rows). The gradients wait for :meth:`apply`; the weights are unchanged."""
         rows = targets.shape[0]
         inputs = pad_inputs(batch, targets, weights, self.batch_size, self.seq_len)
-        loss, logits = self.module.forward_backward(METHOD, inputs)
+        outputs = self.module.run_method(METHOD, [*self.parameters.values(), *inputs])
+        loss, logits, gradients = outputs[0], outputs[1], outputs[2:]
+        self._gradients = dict(zip(self.parameters, gradients, strict=True))
         return float(loss), logits[:rows]
 
     def apply(self, lr: float) -> None:
         """One AdamW update of the LoRA tensors with the gradients of the last :meth:`run`."""
-        grads = {peft_name(k): g for k, g in self.module.named_gradients().items()}
+        if not self._gradients:
+            raise RuntimeError("apply() needs the gradients of a run() first")
         if self._optimizer is None:
             self._optimizer = torch.optim.AdamW(list(self.parameters.values()), lr=lr,
                                                 weight_decay=self._weight_decay)
         for group in self._optimizer.param_groups:
             group["lr"] = lr
         for name, param in self.parameters.items():
-            param.grad = grads[name]
+            param.grad = self._gradients[name]
         self._optimizer.step()
         for param in self.parameters.values():
             param.grad = None
+        self._gradients = {}
 
     def step(self, batch: Mapping[str, torch.Tensor], targets: torch.Tensor,
              weights: torch.Tensor, lr: float) -> float:

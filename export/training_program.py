@@ -1,25 +1,30 @@
 """An ExecuTorch training program for the prompt model with LoRA: forward + backward in one file.
 
-The program takes one fixed-shape batch (``input_ids``, ``attention_mask``, ``position_ids``,
-``targets`` ``[B, C]``, ``weights`` ``[B]``) and returns the weighted mean soft cross-entropy (the
-loss :func:`lpfl.training.train_steps` minimises for soft-ce), the class logits, the gradients of
-the LoRA tensors and the LoRA tensors themselves, which are the only trainable state. A client
-writes the global adapter into those tensors, steps an optimizer on them and reads them back
-(:mod:`lpfl.edge_client.program_trainer`).
+The program is a plain (forward-only) ExecuTorch method whose inputs are the LoRA tensors,
+in :func:`lora_names` order, then one fixed-shape batch (``input_ids``, ``attention_mask``,
+``position_ids``, ``targets`` ``[B, C]``, ``weights`` ``[B]``), and whose outputs are the weighted
+mean soft cross-entropy (the loss :func:`lpfl.training.train_steps` minimises for soft-ce), the
+class logits and the gradients of the LoRA tensors. The trainer
+(:mod:`lpfl.edge_client.program_trainer`) keeps the adapter, feeds it in at every step and
+applies the optimizer to the returned gradients.
 
-Stages, each a function testable alone (the recipe and its pitfalls are in FINDINGS.md):
+Why not ExecuTorch's training flow (``_export_forward_backward`` + ``TrainingModule``): XNNPACK
+cannot take that joint graph in ExecuTorch 1.5.1 (it returns forward activations the backward
+reuses, which the delegate refuses as pass-through outputs, and per-op lowering breaks the
+training metadata), so the whole step ran on portable kernels at 2.5-3.6x the eager step. Here
+the backward is traced into an ordinary graph (``make_fx`` records what autograd runs), and
+XNNPACK takes every GEMM, forward and backward, like in an inference program.
+
+Stages, each a function testable alone:
 
 1. :func:`build_loss_module`: the prompt model's class logits plus the loss, with the frozen base
    optionally stored quantized (``int8`` per output channel, ``4bit`` per group of 32, packed two
    to a byte). Quantized weights are buffers that are de-quantized in ``forward``, so the program
-   stores integer constants while the LoRA tensors stay float32 parameters.
-2. :func:`export_loss`: ``torch.export`` under the MATH attention backend (the fused attention
-   backward has no out-variant kernel in ExecuTorch).
-3. :func:`decompose_empty_permuted`: the runtime has no ``aten::empty_permuted.out`` kernel.
-4. :func:`joint_program`: ``_export_forward_backward`` adds the backward graph.
-5. :func:`lower`: ``to_edge`` and ``to_executorch`` (portable and optimized CPU kernels; XNNPACK
-   cannot take a joint forward-backward graph, see the README).
-6. :func:`save`: writes the ``.pte``.
+   stores integer constants while the LoRA tensors stay float32.
+2. :func:`trace_gradients`: forward and backward as one ATen graph, LoRA tensors as inputs.
+3. :func:`export_gradients`: ``torch.export``, core ATen, :func:`transpose_free_matmuls`.
+4. :func:`lower`: XNNPACK with runtime weights, then ``to_executorch``.
+5. :func:`save`: writes the ``.pte``.
 
 Shapes are fixed (``batch_size`` x ``max_seq_len``): the trainer left-pads every batch to
 ``max_seq_len`` and fills a short batch with weight-0 rows.
@@ -30,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,8 +54,11 @@ log = logging.getLogger(__name__)
 
 QUANT_MODES = ("none", "int8", "4bit")
 GROUP_SIZE = 32  # 4-bit: one scale per 32 weights of a row
-INPUT_NAMES = ("input_ids", "attention_mask", "position_ids", "targets", "weights")
+BATCH_INPUTS = ("input_ids", "attention_mask", "position_ids", "targets", "weights")
+"""The program's inputs after the LoRA tensors."""
 METHOD = "forward"
+PARAMETER_PREFIX = "network."  # the loss module's attribute holding the PEFT model
+ADAPTER = "default"  # PEFT's adapter name; get_peft_model_state_dict drops ".default"
 
 
 class PromptLoss(nn.Module):
@@ -256,39 +264,62 @@ def eager_attention(network: nn.Module) -> Iterator[None]:
         config._attn_implementation = before
 
 
-def export_loss(module: PromptLoss,
-                inputs: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
-    """``torch.export`` (non-strict, for the HF model) with eager attention, under the MATH
-    SDPA backend."""
+def peft_name(program_name: str) -> str:
+    """The PEFT state-dict name of a loss-module parameter (the rule of
+    ``peft.utils.get_peft_model_state_dict``: drop the adapter name)."""
+    return program_name.removeprefix(PARAMETER_PREFIX).replace(f".{ADAPTER}", "")
+
+
+def lora_names(module: PromptLoss) -> list[str]:
+    """The trainable (LoRA) parameters of ``module`` in the program's input order: sorted by
+    PEFT name, the order in which a trainer sorts the manifest's ``lora_shapes``."""
+    trainable = [n for n, p in module.named_parameters() if p.requires_grad]
+    return sorted(trainable, key=peft_name)
+
+
+GradientFunction = Callable[..., tuple[torch.Tensor, ...]]
+
+
+def gradient_function(module: PromptLoss, names: Sequence[str]) -> GradientFunction:
+    """``(*lora, *batch) -> (loss, logits, *lora_gradients)``: the LoRA tensors are inputs, so
+    the gradients are ordinary outputs of a forward-only graph."""
+    count = len(names)
+
+    def gradients(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        lora = args[:count]
+        loss, logits = torch.func.functional_call(module, dict(zip(names, lora, strict=True)),
+                                                  args[count:], strict=False)
+        return (loss, logits, *torch.autograd.grad(loss, lora))
+
+    return gradients
+
+
+def trace_gradients(module: PromptLoss, names: Sequence[str],
+                    inputs: tuple[torch.Tensor, ...]) -> torch.fx.GraphModule:
+    """The forward and the backward as one ATen graph (``make_fx`` records the ops that autograd
+    runs), under the MATH attention backend and with eager attention.
+
+    ``silu_backward`` is decomposed here: the ExecuTorch runtime has no kernel for it.
+    """
+    from torch._decomp import get_decompositions
+    from torch.fx.experimental.proxy_tensor import make_fx
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    with sdpa_kernel([SDPBackend.MATH]), eager_attention(module.network):
-        return torch.export.export(module, inputs, strict=False)
+    parameters = dict(module.named_parameters())
+    lora = [parameters[n].detach().clone().requires_grad_() for n in names]
+    table = get_decompositions([torch.ops.aten.silu_backward.default])
+    with sdpa_kernel([SDPBackend.MATH]), eager_attention(module.network), torch.enable_grad():
+        graph: torch.fx.GraphModule = make_fx(gradient_function(module, names),
+                                              decomposition_table=table)(*lora, *inputs)  # type: ignore[arg-type]
+    return graph
 
 
-def _empty_like_permuted(size: list[int], physical_layout: list[int], *,
-                         dtype: torch.dtype | None = None, layout: torch.layout | None = None,
-                         device: torch.device | None = None, pin_memory: bool | None = None,
-                         ) -> torch.Tensor:
-    del physical_layout, layout, pin_memory  # a contiguous buffer is as good in ExecuTorch
-    return torch.empty(size, dtype=dtype, device=device)
-
-
-def decompose_empty_permuted(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
-    """Rewrite ``aten.empty_permuted`` (no ExecuTorch kernel) as a plain ``aten.empty``."""
-    table = {torch.ops.aten.empty_permuted.default: _empty_like_permuted}
-    decomposed: torch.export.ExportedProgram = ep.run_decompositions(table)
-    return decomposed
-
-
-def joint_program(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
-    """Add the backward graph: outputs become (loss, logits, gradients..., parameters...)."""
-    from torch.export.experimental import _export_forward_backward
-
-    # The joint graph is re-traced from the exported one: keep attention on MATH here too.
-    with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
-        joint: torch.export.ExportedProgram = _export_forward_backward(ep, joint_loss_index=0)
-    return joint
+def export_gradients(graph: torch.fx.GraphModule,
+                     example: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:
+    """``torch.export`` of the traced graph (its frozen weights become program constants),
+    decomposed to core ATen, with :func:`transpose_free_matmuls` applied."""
+    ep = torch.export.export(graph, example, strict=False)
+    return transpose_free_matmuls(ep.run_decompositions())
 
 
 def _is_transpose(node: object) -> bool:
@@ -362,15 +393,23 @@ def transpose_free_matmuls(ep: torch.export.ExportedProgram) -> torch.export.Exp
 
 
 def lower(ep: torch.export.ExportedProgram) -> ExecutorchProgramManager:
-    """Edge dialect, then the ExecuTorch program (out-variant kernels, planned memory).
+    """Edge dialect, XNNPACK for every GEMM and the element-wise ops it has, portable kernels
+    for the rest.
 
-    ``aten.linear`` is kept whole (see :func:`transpose_free_matmuls`).
+    The weight matrices are runtime tensors to XNNPACK
+    (``force_non_static_weights_for_f32_linear``): a de-quantized weight is computed in the
+    graph, and a float weight feeds both its layer's ``linear`` and the input gradient's ``mm``
+    (XNNPACK's fully connected with transposed weights), so the program stores each weight
+    once. ``aten.linear`` is kept whole (see :func:`transpose_free_matmuls`).
     """
-    from executorch.exir import EdgeCompileConfig, to_edge
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import EdgeCompileConfig, to_edge_transform_and_lower
 
+    partitioner = XnnpackPartitioner(force_non_static_weights_for_f32_linear=True)
     config = EdgeCompileConfig(_check_ir_validity=False,
                                preserve_ops=[torch.ops.aten.linear.default])
-    return to_edge(ep, compile_config=config).to_executorch()
+    edge = to_edge_transform_and_lower(ep, partitioner=[partitioner], compile_config=config)
+    return edge.to_executorch()
 
 
 def save(program: ExecutorchProgramManager, out_file: Path) -> Path:
@@ -387,10 +426,12 @@ def export_training_program(pm: PromptModel, *, quant: str, max_seq_len: int, ba
     if max_seq_len < 2 or batch_size < 1:
         raise ValueError(f"max_seq_len={max_seq_len} and batch_size={batch_size} must be >= 2, 1")
     module = build_loss_module(pm, quant)
-    trainable = [n for n, p in module.named_parameters() if p.requires_grad]
-    if not trainable:
+    names = lora_names(module)
+    if not names:
         raise ModelError("the prompt model has no trainable tensors: attach LoRA first "
                          "(lpfl.model.adapters.set_mode(pm, 'lora', settings))")
-    ep = export_loss(module, example_inputs(pm, batch_size, max_seq_len))
-    ep = transpose_free_matmuls(decompose_empty_permuted(joint_program(ep)))
+    inputs = example_inputs(pm, batch_size, max_seq_len)
+    parameters = dict(module.named_parameters())
+    example = tuple(parameters[n].detach() for n in names) + inputs
+    ep = export_gradients(trace_gradients(module, names, inputs), example)
     return save(lower(ep), out_file)

@@ -14,26 +14,22 @@ import torch
 
 from lpfl.config import LoraSettings, ModelSettings, PromptSettings
 from lpfl.data import load_corpus
-from lpfl.edge_client.program_trainer import (
-    ProgramTrainer,
-    pad_inputs,
-    peft_name,
-    program_train_steps,
-)
+from lpfl.edge_client.program_trainer import ProgramTrainer, pad_inputs, program_train_steps
 from lpfl.errors import ArtefactError, ModelError
 from lpfl.export.training_program import (
     GROUP_SIZE,
     _int4_groups,
     _int8_rows,
     build_loss_module,
-    decompose_empty_permuted,
     dequantize,
     example_inputs,
-    export_loss,
+    export_gradients,
     export_training_program,
-    joint_program,
+    lora_names,
+    lower,
+    peft_name,
     quantize_frozen,
-    transpose_free_matmuls,
+    trace_gradients,
 )
 from lpfl.model.adapters import load_trainable_state, set_mode, trainable_state
 from lpfl.model.loading import load_base_model
@@ -42,9 +38,12 @@ from lpfl.training import TrainExample, example_losses, hard_example, train_step
 
 SEQ = 24
 BATCH = 4
-# Eager and program run the same maths with differently ordered float32 reductions.
+# Eager and program run the same maths with differently ordered float32 reductions (XNNPACK's
+# GEMMs against PyTorch's). AdamW divides each gradient by its own running scale, so a rounding
+# difference in a near-zero gradient can move that element by a fraction of the learning rate:
+# the state tolerance is 1/10 of the 1e-2 step, the loss one stays tight.
 LOSS_TOL = 1e-4
-STATE_TOL = 1e-4
+STATE_TOL = 1e-3
 
 
 def prompt_model(source: str, max_length: int) -> PromptModel:
@@ -54,6 +53,11 @@ def prompt_model(source: str, max_length: int) -> PromptModel:
     torch.manual_seed(0)
     set_mode(pm, "lora", LoraSettings(r=4, target_modules=("q_proj", "v_proj")))
     return pm
+
+
+def lora_shapes(pm: PromptModel) -> dict[str, tuple[int, ...]]:
+    """The adapter's shapes under PEFT's names, as an artefact's manifest lists them."""
+    return {k: tuple(v.shape) for k, v in trainable_state(pm).items()}
 
 
 def random_adapter(pm: PromptModel, seed: int) -> dict[str, torch.Tensor]:
@@ -165,26 +169,51 @@ def test_peft_names_drop_the_prefix_and_adapter() -> None:
     assert peft_name(name) == "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
 
 
-def test_the_joint_graph_never_transposes_a_weight(pm: PromptModel) -> None:
-    """Op-count guard: a transposed weight is a full copy per step in ExecuTorch."""
-    ep = export_loss(build_loss_module(pm), example_inputs(pm, BATCH, SEQ))
-    ep = transpose_free_matmuls(decompose_empty_permuted(joint_program(ep)))
-    weights = {n.name for n in ep.graph.nodes if n.op == "placeholder"
-               and n.name in ep.graph_signature.inputs_to_parameters}
+def gradient_program(pm: PromptModel) -> torch.export.ExportedProgram:
+    module = build_loss_module(pm)
+    inputs = example_inputs(pm, BATCH, SEQ)
+    names = lora_names(module)
+    parameters = dict(module.named_parameters())
+    example = tuple(parameters[n].detach() for n in names) + inputs
+    return export_gradients(trace_gradients(module, names, inputs), example)
+
+
+def test_the_gradient_graph_takes_the_lora_and_never_transposes_a_weight(
+        pm: PromptModel) -> None:
+    """LoRA tensors are the first inputs (sorted by PEFT name), gradients the outputs after the
+    loss and logits; and no weight is copied into its transpose (a full copy per step)."""
+    ep = gradient_program(pm)
+    shapes = lora_shapes(pm)
+    user_inputs = [n for n in ep.graph.nodes if n.op == "placeholder"
+                   and n.name in ep.graph_signature.user_inputs]
+    assert [tuple(n.meta["val"].shape) for n in user_inputs[:len(shapes)]] == [
+        shapes[k] for k in sorted(shapes)]
+    assert len(ep.graph_signature.user_outputs) == 2 + len(shapes)
+    constants = {n.name for n in ep.graph.nodes if n.op == "placeholder"
+                 and n.name not in ep.graph_signature.user_inputs}
     ops = [(n.target, n.args[0].name) for n in ep.graph.nodes
            if n.op == "call_function" and isinstance(n.args[0], torch.fx.Node)]
-    permuted = [name for op, name in ops
-                if op == torch.ops.aten.permute.default and name in weights]
-    assert permuted == []
+    assert [name for op, name in ops
+            if op == torch.ops.aten.permute.default and name in constants] == []
     assert sum(op == torch.ops.aten.linear.default for op, _ in ops) >= 2 * 7 + 4  # + LoRA
-    assert not any(op == torch.ops.aten.empty_permuted.default for op, _ in ops)
+
+
+def test_xnnpack_takes_every_matrix_product(pm: PromptModel) -> None:
+    """Forward and backward GEMMs all run in XNNPACK; none is left to the portable kernels."""
+    graph = lower(gradient_program(pm)).exported_program().graph
+    delegates = [n for n in graph.nodes if n.op == "call_function"
+                 and "executorch_call_delegate" in str(n.target)]
+    outside = [str(n.target) for n in graph.nodes if n.op == "call_function"
+               and any(op in str(n.target) for op in ("aten.mm", "aten.linear", "aten.bmm",
+                                                      "aten.addmm"))]
+    assert delegates and outside == []
 
 
 # --- the fp32 program -----------------------------------------------------------------------
 
 
 def test_program_trains_exactly_the_lora_tensors(pm: PromptModel, fp32_program: Path) -> None:
-    trainer = ProgramTrainer(fp32_program)
+    trainer = ProgramTrainer(fp32_program, lora_shapes(pm))
     expected = trainable_state(pm)
     assert set(trainer.parameters) == set(expected)
     for name, tensor in trainer.parameters.items():
@@ -193,7 +222,7 @@ def test_program_trains_exactly_the_lora_tensors(pm: PromptModel, fp32_program: 
 
 
 def test_a_new_adapter_gives_eager_loss_and_logits(pm: PromptModel, fp32_program: Path) -> None:
-    trainer = ProgramTrainer(fp32_program.read_bytes())
+    trainer = ProgramTrainer(fp32_program.read_bytes(), lora_shapes(pm))
     adapter = random_adapter(pm, 1)
     trainer.load_state(adapter)
     load_trainable_state(pm, adapter)
@@ -210,7 +239,7 @@ def test_a_new_adapter_gives_eager_loss_and_logits(pm: PromptModel, fp32_program
 
 
 def test_a_state_that_does_not_fit_is_refused(fp32_program: Path, pm: PromptModel) -> None:
-    trainer = ProgramTrainer(fp32_program)
+    trainer = ProgramTrainer(fp32_program, lora_shapes(pm))
     state = trainable_state(pm)
     with pytest.raises(ArtefactError, match="missing"):
         trainer.load_state(dict(list(state.items())[1:]))
@@ -218,7 +247,11 @@ def test_a_state_that_does_not_fit_is_refused(fp32_program: Path, pm: PromptMode
     with pytest.raises(ArtefactError, match="shape"):
         trainer.load_state({**state, name: torch.zeros(1)})
     with pytest.raises(ArtefactError, match="does not exist"):
-        ProgramTrainer(Path("/nonexistent/program.pte"))
+        ProgramTrainer(Path("/nonexistent/program.pte"), lora_shapes(pm))
+    with pytest.raises(ArtefactError, match="inputs"):
+        ProgramTrainer(fp32_program, dict(list(lora_shapes(pm).items())[1:]))
+    with pytest.raises(ArtefactError, match="takes"):
+        ProgramTrainer(fp32_program, {**lora_shapes(pm), name: (1, 1)})
 
 
 def step_by_step(pm: PromptModel, trainer: ProgramTrainer, data: list[TrainExample], lr: float,
@@ -235,7 +268,7 @@ def step_by_step(pm: PromptModel, trainer: ProgramTrainer, data: list[TrainExamp
 
 def test_loss_tracks_eager_for_20_steps(pm: PromptModel, fp32_program: Path) -> None:
     """20 single AdamW steps on both sides, from the same adapter and the same batches."""
-    trainer = ProgramTrainer(fp32_program)
+    trainer = ProgramTrainer(fp32_program, lora_shapes(pm))
     adapter = random_adapter(pm, 2)
     load_trainable_state(pm, adapter)
     trainer.load_state(adapter)
@@ -249,7 +282,7 @@ def test_loss_tracks_eager_for_20_steps(pm: PromptModel, fp32_program: Path) -> 
 def test_program_train_steps_is_a_drop_in_for_train_steps(pm: PromptModel,
                                                           fp32_program: Path) -> None:
     """One call of 20 steps (AdamW moments carried), KL loss, weight decay, short batches."""
-    trainer = ProgramTrainer(fp32_program)
+    trainer = ProgramTrainer(fp32_program, lora_shapes(pm))
     adapter = random_adapter(pm, 3)
     load_trainable_state(pm, adapter)
     trainer.load_state(adapter)
@@ -268,7 +301,7 @@ def test_int8_program_is_smaller_and_matches_eager_on_its_weights(
         pm: PromptModel, fp32_program: Path, int8_program: Path) -> None:
     ratio = int8_program.stat().st_size / fp32_program.stat().st_size
     assert ratio < 0.45  # the tiny model's float LoRA and graph are a large share here
-    trainer = ProgramTrainer(int8_program)
+    trainer = ProgramTrainer(int8_program, lora_shapes(pm))
     adapter = random_adapter(pm, 4)
     trainer.load_state(adapter)
     load_trainable_state(pm, adapter)
@@ -295,7 +328,7 @@ def test_smollm2_program_tracks_eager_for_20_steps(tmp_path: Path) -> None:
     pm = prompt_model("smollm2", 64)
     program = export_training_program(pm, quant="none", max_seq_len=64, batch_size=BATCH,
                                       out_file=tmp_path / "smollm2.pte")
-    trainer = ProgramTrainer(program)
+    trainer = ProgramTrainer(program, lora_shapes(pm))
     start = trainable_state(pm)
     trainer.load_state(start)
     eager, device = step_by_step(pm, trainer, examples(16, 4), 1e-3, seed=0)
