@@ -276,6 +276,12 @@ def run_benchmark(args: argparse.Namespace) -> list[CaseResult]:
     return list(results.values())
 
 
+def _cpu_features() -> list[str]:
+    from lpfl.edge_client.trainer_api import cpu_features
+
+    return cpu_features()
+
+
 def environment(args: argparse.Namespace) -> dict[str, Any]:
     versions = {}
     for package in VERSIONED:
@@ -284,6 +290,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             versions[package] = ""
     return {"machine": platform.machine(), "processor": platform.processor(),
+            "cpu_features": _cpu_features(),
             "python": platform.python_version(), "threads": 1, "versions": versions,
             "model": args.model, "max_seq_len": args.max_seq_len, "batch": args.batch,
             "seq_buckets": args.seq_buckets,
@@ -309,7 +316,9 @@ def report(results: Sequence[CaseResult], env: dict[str, Any]) -> str:
         "",
         f"Model `{env['model']}`, prompts of at most {env['max_seq_len']} tokens, batch "
         f"{env['batch']}, {env['texts']} MR sentences, one thread, median of {env['repeats']} "
-        f"round-robin repeats; {env['machine']}, torch {env['versions']['torch']}, executorch "
+        f"round-robin repeats; {env['machine']} "
+        f"({', '.join(env.get('cpu_features', [])) or 'no int8 dot-product features'}), "
+        f"torch {env['versions']['torch']}, executorch "
         f"{env['versions']['executorch']}, onnxruntime {env['versions']['onnxruntime']}.",
         "Ratios are against eager fp32; file sizes against the same target's fp32 program "
         "(ONNX fp32 where that target's is not in the run). ExecuTorch programs have static "

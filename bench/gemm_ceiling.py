@@ -101,8 +101,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      ", ".join(f"{name} {s:.2f}x" for name, s in row["speedup"].items()))
             results.append(row)
     return {"machine": platform.machine(), "processor": platform.processor(),
+            "cpu_features": _cpu_features(),
             "threads": 1, "torch": torch.__version__, "repeats": args.repeats,
             "inner": args.inner, "results": results}
+
+
+def _cpu_features() -> list[str]:
+    from lpfl.edge_client.trainer_api import cpu_features
+
+    return cpu_features()
 
 
 def report(document: dict[str, Any]) -> str:

@@ -69,15 +69,35 @@ def peak_rss_bytes() -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
+INT8_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8",  # x86
+                 "asimddp", "i8mm", "sve")  # ARM: sdot, int8 matrix multiply, SVE
+"""CPU features that decide how fast int8 / 4-bit kernels run (XNNPACK picks its kernels by
+them): the same program can be several times faster on a CPU with a dot-product instruction."""
+
+
+def cpu_features() -> list[str]:
+    """Which of :data:`INT8_FEATURES` this CPU has (from ``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            flags: set[str] = set()
+            for line in info:
+                if line.lower().startswith(("flags", "features")):
+                    flags.update(line.split(":", 1)[1].split())
+    except OSError:
+        return []
+    return [f for f in INT8_FEATURES if f in flags]
+
+
 def device_capabilities(backend: str, **runtime: str) -> dict[str, Any]:
-    """This machine's capabilities for a hello: ``backend``, CPU architecture, physical memory,
-    the process's peak memory so far (``peak_rss_bytes``: call it once the model is loaded), and
-    the Python and torch versions plus any ``runtime`` versions given."""
+    """This machine's capabilities for a hello: ``backend``, CPU architecture and int8-relevant
+    features, physical memory, the process's peak memory so far (``peak_rss_bytes``: call it
+    once the model is loaded), and the Python and torch versions plus any ``runtime`` versions
+    given."""
     try:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         memory = 0
     versions = {"python": platform.python_version(), "torch": torch.__version__, **runtime}
     return {"backend": backend, "cpu_arch": platform.machine() or sys.platform,
-            "memory_bytes": max(int(memory), 0), "peak_rss_bytes": peak_rss_bytes(),
-            "runtime": versions}
+            "cpu_features": cpu_features(), "memory_bytes": max(int(memory), 0),
+            "peak_rss_bytes": peak_rss_bytes(), "runtime": versions}

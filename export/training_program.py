@@ -250,7 +250,7 @@ def eager_attention(network: nn.Module) -> Iterator[None]:
     """Run the HF model with its plain (matmul + softmax) attention while inside.
 
     With the SDPA attention the exported graph reshapes SDPA's output with a ``view`` that no
-    longer fits its strides once the joint pass decomposes SDPA, and the export fails.
+    longer fits its strides once the backward decomposes SDPA, and the export fails.
     """
     config = getattr(network, "config", None)
     if config is None:
@@ -357,13 +357,13 @@ def _unbatched(graph: torch.fx.Graph, bmm: torch.fx.Node, op: Any,
 def transpose_free_matmuls(ep: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
     """Drop the weight transposes of the linear layers, in place; returns ``ep``.
 
-    ExecuTorch has no strided views, so every ``permute`` or ``expand`` is a copy: the joint graph
-    copies each weight matrix into its transpose for ``mm(x, W.T)`` and transposes that back for
-    the input gradient ``mm(g, W)``; the LM head (a linear on a sliced, non-contiguous hidden
-    state) even becomes a ``bmm`` against ``W.T`` copied once per batch row. Here
-    ``permute(permute(W))`` becomes ``W``, ``mm(x, permute(W))`` becomes ``linear(x, W)`` (its
-    kernel reads ``W`` transposed in place), and the LM head's two ``bmm`` become ``linear`` and
-    ``mm`` on the rows.
+    ExecuTorch has no strided views, so every ``permute`` or ``expand`` is a copy: the traced
+    forward-backward graph copies each weight matrix into its transpose for ``mm(x, W.T)`` and
+    transposes that back for the input gradient ``mm(g, W)``; the LM head (a linear on a sliced,
+    non-contiguous hidden state) even becomes a ``bmm`` against ``W.T`` copied once per batch
+    row. Here ``permute(permute(W))`` becomes ``W``, ``mm(x, permute(W))`` becomes
+    ``linear(x, W)`` (XNNPACK's fully connected reads ``W`` as it is), and the LM head's two
+    ``bmm`` become ``linear`` and ``mm`` on the rows.
     """
     graph = ep.graph_module.graph
     for node in list(graph.nodes):
