@@ -329,7 +329,8 @@ def test_smollm2_program_tracks_eager_for_20_steps(tmp_path: Path) -> None:
     eager's. The adapters themselves are not compared after 20 steps: a fresh AdamW per step
     (as ``train_steps`` runs one step at a time here) moves each element by about ±lr whatever its
     gradient's size, so float rounding in a near-zero gradient flips whole steps, and over 30
-    layers the two adapters drift apart by ~10 % while the losses stay within 1e-3."""
+    layers the worst tensors drift apart by up to ~25 % of their update while the losses stay
+    within 1e-3."""
     pm = prompt_model("smollm2", 64)
     program = export_training_program(pm, quant="none", max_seq_len=64, batch_size=BATCH,
                                       out_file=tmp_path / "smollm2.pte")
