@@ -276,13 +276,9 @@ def run_benchmark(args: argparse.Namespace) -> list[CaseResult]:
     return list(results.values())
 
 
-def _cpu_features() -> list[str]:
+def environment(args: argparse.Namespace) -> dict[str, Any]:
     from lpfl.edge_client.trainer_api import cpu_features
 
-    return cpu_features()
-
-
-def environment(args: argparse.Namespace) -> dict[str, Any]:
     versions = {}
     for package in VERSIONED:
         try:
@@ -290,7 +286,7 @@ def environment(args: argparse.Namespace) -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             versions[package] = ""
     return {"machine": platform.machine(), "processor": platform.processor(),
-            "cpu_features": _cpu_features(),
+            "cpu_features": cpu_features(),
             "python": platform.python_version(), "threads": 1, "versions": versions,
             "model": args.model, "max_seq_len": args.max_seq_len, "batch": args.batch,
             "seq_buckets": args.seq_buckets,

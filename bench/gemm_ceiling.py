@@ -90,6 +90,8 @@ def time_shape(rows: int, k: int, n: int, generator: torch.Generator, repeats: i
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 
+    from lpfl.edge_client.trainer_api import cpu_features
+
     torch.set_num_threads(1)
     _unsafe_reset_threadpool(1)
     generator = torch.Generator().manual_seed(0)
@@ -101,15 +103,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      ", ".join(f"{name} {s:.2f}x" for name, s in row["speedup"].items()))
             results.append(row)
     return {"machine": platform.machine(), "processor": platform.processor(),
-            "cpu_features": _cpu_features(),
+            "cpu_features": cpu_features(),
             "threads": 1, "torch": torch.__version__, "repeats": args.repeats,
             "inner": args.inner, "results": results}
-
-
-def _cpu_features() -> list[str]:
-    from lpfl.edge_client.trainer_api import cpu_features
-
-    return cpu_features()
 
 
 def report(document: dict[str, Any]) -> str:

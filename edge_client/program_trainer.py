@@ -25,7 +25,8 @@ from .program_scorer import use_torch_threads
 log = logging.getLogger(__name__)
 
 METHOD = "forward"
-BATCH_INPUTS = 5  # input_ids, attention_mask, position_ids, targets, weights
+BATCH_INPUTS = ("input_ids", "attention_mask", "position_ids", "targets", "weights")
+"""The program's inputs after the LoRA tensors (:func:`pad_inputs` makes them)."""
 
 Encode = Callable[[Sequence[str]], dict[str, torch.Tensor]]
 
@@ -81,7 +82,7 @@ class ProgramTrainer:
                        else _load_for_executorch(str(program)))
         meta = self.module.method_meta(METHOD)
         names = sorted(lora_shapes)
-        if meta.num_inputs() != len(names) + BATCH_INPUTS:
+        if meta.num_inputs() != len(names) + len(BATCH_INPUTS):
             raise ArtefactError(f"the training program takes {meta.num_inputs()} inputs, not "
                                 f"{len(names)} LoRA tensors and a batch: it was exported for "
                                 "other lora settings or by an older lpfl; re-export it")

@@ -54,9 +54,6 @@ log = logging.getLogger(__name__)
 
 QUANT_MODES = ("none", "int8", "4bit")
 GROUP_SIZE = 32  # 4-bit: one scale per 32 weights of a row
-BATCH_INPUTS = ("input_ids", "attention_mask", "position_ids", "targets", "weights")
-"""The program's inputs after the LoRA tensors."""
-METHOD = "forward"
 PARAMETER_PREFIX = "network."  # the loss module's attribute holding the PEFT model
 ADAPTER = "default"  # PEFT's adapter name; get_peft_model_state_dict drops ".default"
 
@@ -277,6 +274,13 @@ def lora_names(module: PromptLoss) -> list[str]:
     return sorted(trainable, key=peft_name)
 
 
+def lora_tensors(module: PromptLoss, names: Sequence[str]) -> tuple[torch.Tensor, ...]:
+    """The current values of the LoRA parameters ``names`` (detached): the program's first
+    inputs when tracing."""
+    parameters = dict(module.named_parameters())
+    return tuple(parameters[n].detach() for n in names)
+
+
 GradientFunction = Callable[..., tuple[torch.Tensor, ...]]
 
 
@@ -305,8 +309,7 @@ def trace_gradients(module: PromptLoss, names: Sequence[str],
     from torch.fx.experimental.proxy_tensor import make_fx
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    parameters = dict(module.named_parameters())
-    lora = [parameters[n].detach().clone().requires_grad_() for n in names]
+    lora = [t.clone().requires_grad_() for t in lora_tensors(module, names)]
     table = get_decompositions([torch.ops.aten.silu_backward.default])
     with sdpa_kernel([SDPBackend.MATH]), eager_attention(module.network), torch.enable_grad():
         graph: torch.fx.GraphModule = make_fx(gradient_function(module, names),
@@ -431,7 +434,6 @@ def export_training_program(pm: PromptModel, *, quant: str, max_seq_len: int, ba
         raise ModelError("the prompt model has no trainable tensors: attach LoRA first "
                          "(lpfl.model.adapters.set_mode(pm, 'lora', settings))")
     inputs = example_inputs(pm, batch_size, max_seq_len)
-    parameters = dict(module.named_parameters())
-    example = tuple(parameters[n].detach() for n in names) + inputs
+    example = lora_tensors(module, names) + inputs
     ep = export_gradients(trace_gradients(module, names, inputs), example)
     return save(lower(ep), out_file)

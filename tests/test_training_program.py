@@ -26,6 +26,7 @@ from lpfl.export.training_program import (
     export_gradients,
     export_training_program,
     lora_names,
+    lora_tensors,
     lower,
     peft_name,
     quantize_frozen,
@@ -173,9 +174,8 @@ def gradient_program(pm: PromptModel) -> torch.export.ExportedProgram:
     module = build_loss_module(pm)
     inputs = example_inputs(pm, BATCH, SEQ)
     names = lora_names(module)
-    parameters = dict(module.named_parameters())
-    example = tuple(parameters[n].detach() for n in names) + inputs
-    return export_gradients(trace_gradients(module, names, inputs), example)
+    return export_gradients(trace_gradients(module, names, inputs),
+                            lora_tensors(module, names) + inputs)
 
 
 def test_the_gradient_graph_takes_the_lora_and_never_transposes_a_weight(
