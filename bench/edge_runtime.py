@@ -174,8 +174,10 @@ class Backend:
         return self.runtime.scorer.score(texts, batch)
 
     def train(self, examples: Sequence[Any], steps: int, batch: int) -> None:
-        self.runtime.trainer.train(examples, steps, batch, 1e-4, np.random.default_rng(0),
-                                   "soft-ce", 0.0)
+        from lpfl.training import batch_plan
+
+        plan = batch_plan(examples, steps, batch, 0.0, np.random.default_rng(0))
+        self.runtime.trainer.train(examples, plan, 1e-4, 0.0)
 
 
 def measure_rss(case: Case, root: Path, model: str, max_seq_len: int, batch: int) -> dict[str, Any]:

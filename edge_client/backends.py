@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
 import torch
 
 from lpfl.config import PromptSettings
@@ -40,7 +39,11 @@ class Scorer(Protocol):
 
     def load_state(self, state: Mapping[str, torch.Tensor]) -> None: ...
 
-    def score(self, texts: Sequence[str], batch_size: int) -> torch.Tensor: ...
+    def score(self, texts: Sequence[str], batch_size: int,
+              pattern: str | None = None) -> torch.Tensor:
+        """Class logits ``[len(texts), classes]``, under ``pattern`` (same label words) when
+        given, else the run's pattern."""
+        ...
 
 
 class LocalTrainer(Protocol):
@@ -48,8 +51,8 @@ class LocalTrainer(Protocol):
 
     def load_state(self, state: Mapping[str, torch.Tensor]) -> None: ...
 
-    def train(self, examples: Sequence[TrainExample], steps: int, batch_size: int, lr: float,
-              rng: np.random.Generator, soft_loss: str, weight_decay: float) -> float: ...
+    def train(self, examples: Sequence[TrainExample], plan: Sequence[Sequence[int]], lr: float,
+              weight_decay: float) -> float: ...
 
     def state(self) -> dict[str, torch.Tensor]: ...
 
@@ -63,8 +66,9 @@ class EagerScorer:
     def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
         load_trainable_state(self.pm, state)
 
-    def score(self, texts: Sequence[str], batch_size: int) -> torch.Tensor:
-        return self.pm.score(texts, batch_size)
+    def score(self, texts: Sequence[str], batch_size: int,
+              pattern: str | None = None) -> torch.Tensor:
+        return self.pm.score(texts, batch_size, pattern)
 
 
 @dataclass
@@ -76,10 +80,9 @@ class EagerTrainer:
     def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
         load_trainable_state(self.pm, state)
 
-    def train(self, examples: Sequence[TrainExample], steps: int, batch_size: int, lr: float,
-              rng: np.random.Generator, soft_loss: str, weight_decay: float) -> float:
-        return train_steps(self.pm, examples, steps, batch_size, lr, rng, soft_loss,
-                           weight_decay)
+    def train(self, examples: Sequence[TrainExample], plan: Sequence[Sequence[int]], lr: float,
+              weight_decay: float) -> float:
+        return train_steps(self.pm, examples, plan, lr, weight_decay)
 
     def state(self) -> dict[str, torch.Tensor]:
         return trainable_state(self.pm)
@@ -96,12 +99,11 @@ class ExecuTorchTrainer:
     def load_state(self, state: Mapping[str, torch.Tensor]) -> None:
         self.program.load_state(state)
 
-    def train(self, examples: Sequence[TrainExample], steps: int, batch_size: int, lr: float,
-              rng: np.random.Generator, soft_loss: str, weight_decay: float) -> float:
+    def train(self, examples: Sequence[TrainExample], plan: Sequence[Sequence[int]], lr: float,
+              weight_decay: float) -> float:
         from .program_trainer import program_train_steps
 
-        return program_train_steps(self.program, self.encode, examples, steps, batch_size, lr,
-                                   rng, soft_loss, weight_decay)
+        return program_train_steps(self.program, self.encode, examples, plan, lr, weight_decay)
 
     def state(self) -> dict[str, torch.Tensor]:
         return self.program.state()

@@ -24,7 +24,7 @@ import torch
 from lpfl.android_harness.profiles import load_device_profile
 from lpfl.config import RunConfig
 from lpfl.errors import LpflError
-from lpfl.training import hard_example
+from lpfl.training import batch_plan, hard_example
 
 from .local_round import LocalClient, RoundTask
 from .trainer_api import peak_rss_bytes
@@ -74,9 +74,9 @@ def round_probe(client: LocalClient, batch_size: int, max_length: int) -> Callab
         with torch.random.fork_rng():
             runtime.scorer.score([text] * client.eval_batch_size, client.eval_batch_size)
             examples = [hard_example(text, 0, runtime.num_classes)] * batch_size
-            runtime.trainer.train(examples, task.local_steps, task.batch_size, task.lr,
-                                  np.random.default_rng(task.seed), task.soft_label_loss,
-                                  task.weight_decay)
+            plan = batch_plan(examples, task.local_steps, task.batch_size, 0.0,
+                              np.random.default_rng(task.seed))
+            runtime.trainer.train(examples, plan, task.lr, task.weight_decay)
         runtime.trainer.load_state(saved)
 
     return probe

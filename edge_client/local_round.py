@@ -5,9 +5,11 @@ directly and the websocket client calls it when a task arrives, so both compute 
 
 1. Load the global trainable state (LoRA adapters, or every parameter for FP-FL).
 2. If the round's soft-label budget is positive, score the unlabeled texts with that global model
-   and keep the confident ones (:func:`lpfl.softlabels.select_confident`). Labels are chosen anew
-   every round from the newest global model, so they improve as it improves.
-3. Train ``local_steps`` steps on labeled (hard) plus soft-labeled examples.
+   under the run's pattern and any teacher patterns (:mod:`lpfl.softlabels`), keep the confident
+   ones and give them the teacher's targets. Labels are chosen anew every round from the newest
+   global model, so they improve as it improves.
+3. Train ``local_steps`` steps on labeled (hard) plus soft-labeled examples, batched by
+   :func:`lpfl.training.batch_plan` (a fixed share of labeled examples per batch if asked).
 4. Return the new trainable state, the number of training examples (the FedAvg weight) and metrics.
 """
 
@@ -22,13 +24,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from lpfl.config import SoftTarget
 from lpfl.data import Example
 from lpfl.edge_client.backends import ClientRuntime
 from lpfl.edge_client.trainer_api import device_capabilities
 from lpfl.model.prompt import PromptModel
-from lpfl.softlabels import select_confident
+from lpfl.softlabels import members_agree, select_confident, soft_targets, teacher_log_probs
 from lpfl.strategy import ClientUpdate
-from lpfl.training import TrainExample, hard_example
+from lpfl.training import TrainExample, batch_plan, gold_fraction, hard_example
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +49,19 @@ class RoundTask:
     soft_label_threshold: float = 0.8
     soft_label_balanced: bool = True
     soft_label_weight: float = 1.0
-    soft_label_loss: str = "soft-ce"
+    soft_label_gold_share: float = 0.0
+    soft_label_target: str = SoftTarget.DISTRIBUTION.value
+    soft_label_temperature: float = 1.0
+    soft_label_teacher_patterns: tuple[str, ...] = ()
+    soft_label_agreement: bool = False
     weight_decay: float = 0.0
 
     @classmethod
     def from_settings(cls, round_number: int, settings: Mapping[str, Any]) -> RoundTask:
         known = {k: v for k, v in settings.items() if k in cls.__dataclass_fields__}
         known["round"] = round_number
+        if "soft_label_teacher_patterns" in known:
+            known["soft_label_teacher_patterns"] = tuple(known["soft_label_teacher_patterns"])
         return cls(**known)
 
 
@@ -84,22 +93,44 @@ class LocalClient:
         return caps
 
     def soft_label(self, task: RoundTask) -> tuple[list[TrainExample], dict[str, float]]:
-        """Pseudo-label the unlabeled pool with the current (global) model."""
+        """Pseudo-label the unlabeled pool with the current (global) model as the teacher."""
         if task.soft_label_budget <= 0 or not self.unlabeled:
             return [], {"soft_labels_added": 0.0}
         texts = [e.text for e in self.unlabeled]
-        probs = torch.softmax(self.runtime.scorer.score(texts, self.eval_batch_size), -1)
-        chosen = select_confident(probs, task.soft_label_budget, task.soft_label_threshold,
-                                  task.soft_label_balanced)
-        soft = [TrainExample(texts[i], tuple(float(p) for p in probs[i]),
-                             weight=task.soft_label_weight, soft=True) for i in chosen]
+        scorer = self.runtime.scorer
+        members = [scorer.score(texts, self.eval_batch_size, pattern)
+                   for pattern in (None, *task.soft_label_teacher_patterns)]
+        teacher = teacher_log_probs(members)
+        eligible = members_agree(members) if task.soft_label_agreement else None
+        chosen = select_confident(teacher.exp(), task.soft_label_budget,
+                                  task.soft_label_threshold, task.soft_label_balanced, eligible)
+        targets = soft_targets(teacher[chosen], SoftTarget(task.soft_label_target),
+                               task.soft_label_temperature)
+        soft = [TrainExample(texts[i], tuple(float(p) for p in row),
+                             weight=task.soft_label_weight, soft=True)
+                for i, row in zip(chosen, targets, strict=True)]
         metrics = {"soft_labels_added": float(len(chosen))}
-        known = [i for i in chosen if self.unlabeled[i].label >= 0]
-        if known:  # a diagnostic against hidden labels; never used for training
-            right = sum(int(probs[i].argmax()) == self.unlabeled[i].label for i in known)
-            metrics["soft_label_correct"] = float(right)
-            metrics["soft_label_checked"] = float(len(known))
+        metrics.update(self._hidden_label_checks(chosen, teacher, members[0]))
         return soft, metrics
+
+    def _hidden_label_checks(self, chosen: Sequence[int], teacher: torch.Tensor,
+                             student: torch.Tensor) -> dict[str, float]:
+        """Diagnostics against the pool's hidden labels, where it has them (never used to
+        train): how many chosen soft labels are right, and how many of the whole pool the
+        teacher and the student (the run's pattern alone) get right."""
+        known = [i for i, e in enumerate(self.unlabeled) if e.label >= 0]
+        if not known:
+            return {}
+        labels = torch.tensor([self.unlabeled[i].label for i in known])
+        kept = [i for i in chosen if self.unlabeled[i].label >= 0]
+        return {
+            "soft_label_correct": float(sum(int(teacher[i].argmax()) == self.unlabeled[i].label
+                                            for i in kept)),
+            "soft_label_checked": float(len(kept)),
+            "pool_checked": float(len(known)),
+            "teacher_pool_correct": float((teacher[known].argmax(-1) == labels).sum()),
+            "student_pool_correct": float((student[known].argmax(-1) == labels).sum()),
+        }
 
     def train_round(self, round_number: int, global_state: Mapping[str, torch.Tensor],
                     settings: Mapping[str, Any]) -> ClientUpdate:
@@ -113,12 +144,14 @@ class LocalClient:
                     for e in self.labeled]
         examples += soft
         rng = np.random.default_rng([task.seed, task.round, self.index])
+        plan = batch_plan(examples, task.local_steps, task.batch_size,
+                          task.soft_label_gold_share, rng)
         trainer = self.runtime.trainer
         trainer.load_state(global_state)
-        loss = trainer.train(examples, task.local_steps, task.batch_size, task.lr, rng,
-                             task.soft_label_loss, task.weight_decay)
+        loss = trainer.train(examples, plan, task.lr, task.weight_decay)
         finished = time.perf_counter()
-        metrics.update(train_loss=loss, soft_label_seconds=labeling_done - started,
+        metrics.update(train_loss=loss, gold_share=gold_fraction(examples, plan),
+                       soft_label_seconds=labeling_done - started,
                        train_seconds=finished - labeling_done)
         log.info("client %s round %d: %d examples (%d soft), loss %.4f", self.client_id,
                  round_number, len(examples), len(soft), loss)

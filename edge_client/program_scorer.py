@@ -191,9 +191,12 @@ class ProgramScorer:
                                for name in expected})
 
     @torch.no_grad()
-    def score(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
+    def score(self, texts: Sequence[str], batch_size: int = 32,
+              pattern: str | None = None) -> torch.Tensor:
         """Class logits, shape ``[len(texts), num_classes]`` (as ``PromptModel.score``, in
-        batches of similar prompt length; a static program runs its own batch size)."""
+        batches of similar prompt length, under ``pattern`` when given; a static program runs
+        its own batch size)."""
         step = self.manifest.static_batch or max(1, min(batch_size, self.manifest.max_batch))
-        return score_in_length_order(self.encoder, texts, step, lambda batch: self._runner.run(
+        encoder = self.encoder if pattern is None else self.encoder.for_pattern(pattern)
+        return score_in_length_order(encoder, texts, step, lambda batch: self._runner.run(
             [batch[k] for k in TOKEN_INPUTS]))

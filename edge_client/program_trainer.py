@@ -5,7 +5,7 @@ returns the loss, the class logits and the gradients of the LoRA tensors. :class
 keeps the adapter (under PEFT's names, those of :func:`lpfl.model.adapters.trainable_state`),
 feeds it to the program at every step and applies the same ``torch.optim.AdamW`` update as
 :func:`lpfl.training.train_steps` to the gradients. :func:`program_train_steps` is a drop-in for
-:func:`lpfl.training.train_steps`: same batches from the same ``rng``, same loss, same optimizer.
+:func:`lpfl.training.train_steps`: same batch plan, same loss, same optimizer.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from lpfl.errors import ArtefactError
-from lpfl.training import TrainExample, batches, example_losses
+from lpfl.training import TrainExample, batch_tensors
 
 from .program_scorer import use_torch_threads
 
@@ -166,27 +165,18 @@ class ProgramTrainer:
 
 
 def program_train_steps(trainer: ProgramTrainer, encode: Encode,
-                        examples: Sequence[TrainExample], steps: int, batch_size: int, lr: float,
-                        rng: np.random.Generator, soft_loss: str = "soft-ce",
-                        weight_decay: float = 0.0) -> float:
-    """:func:`lpfl.training.train_steps` on a training program: the same batches from ``rng``,
-    the same AdamW (fresh each call), the same mean loss (for ``kl`` the reported loss subtracts
-    the soft rows' target entropy; the gradient is the soft-CE one either way)."""
-    if not examples:
-        raise ValueError("no training examples")
+                        examples: Sequence[TrainExample], plan: Sequence[Sequence[int]],
+                        lr: float, weight_decay: float = 0.0) -> float:
+    """:func:`lpfl.training.train_steps` on a training program: the same batches, the same
+    weighted cross-entropy, the same AdamW (fresh each call), the same mean loss."""
+    if not plan:
+        raise ValueError("the batch plan is empty")
     trainer.reset_optimizer(weight_decay)
     total = 0.0
-    order = batches(len(examples), batch_size, rng)
-    for _ in range(steps):
-        chosen = [examples[i] for i in next(order)]
-        targets = torch.tensor([e.target for e in chosen], dtype=torch.float32)
-        weights = torch.tensor([e.weight for e in chosen], dtype=torch.float32)
-        loss, logits = trainer.run(encode([e.text for e in chosen]), targets, weights)
-        if soft_loss == "kl":
-            soft = torch.tensor([e.soft for e in chosen])
-            losses = example_losses(logits, targets, soft, soft_loss)
-            loss = float((losses * weights).sum() / weights.sum().clamp_min(1e-12))
+    for batch in plan:
+        chosen = [examples[i] for i in batch]
+        targets, weights = batch_tensors(chosen)
+        loss, _ = trainer.run(encode([e.text for e in chosen]), targets, weights)
         trainer.apply(lr)
         total += loss
-    return total / steps
-
+    return total / len(plan)

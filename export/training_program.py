@@ -3,7 +3,7 @@
 The program is a plain (forward-only) ExecuTorch method whose inputs are the LoRA tensors,
 in :func:`lora_names` order, then one fixed-shape batch (``input_ids``, ``attention_mask``,
 ``position_ids``, ``targets`` ``[B, C]``, ``weights`` ``[B]``), and whose outputs are the weighted
-mean soft cross-entropy (the loss :func:`lpfl.training.train_steps` minimises for soft-ce), the
+mean cross-entropy against the targets (the loss :func:`lpfl.training.train_steps` minimises), the
 class logits and the gradients of the LoRA tensors. The trainer
 (:mod:`lpfl.edge_client.program_trainer`) keeps the adapter, feeds it in at every step and
 applies the optimizer to the returned gradients.
@@ -45,7 +45,7 @@ from torch import nn
 
 from lpfl.errors import ModelError
 from lpfl.model.prompt import PromptModel
-from lpfl.training import example_losses
+from lpfl.training import example_losses, weighted_loss
 
 if TYPE_CHECKING:
     from executorch.exir import ExecutorchProgramManager
@@ -78,9 +78,7 @@ class PromptLoss(nn.Module):
                 weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.pm.class_logits({"input_ids": input_ids, "attention_mask": attention_mask,
                                        "position_ids": position_ids})
-        soft = torch.zeros(targets.shape[0], dtype=torch.bool)  # soft-ce: every row is CE
-        losses = example_losses(logits, targets, soft, "soft-ce")
-        loss = (losses * weights).sum() / weights.sum().clamp_min(1e-12)
+        loss = weighted_loss(example_losses(logits, targets), weights)
         return loss, logits.detach()
 
 

@@ -12,6 +12,7 @@ that names the key and says what to change.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import tomllib
 import types
 import typing
@@ -101,15 +102,35 @@ class LoraSettings:
                  "lora.target_modules is empty: name the linear layers to adapt, e.g. q_proj")
 
 
+class SoftTarget(enum.Enum):
+    """What a soft-labeled text is trained towards."""
+
+    DISTRIBUTION = "distribution"
+    """The teacher's class distribution at ``soft_labels.temperature``."""
+    ARGMAX = "argmax"
+    """A one-hot vector on the teacher's most likely class (classic pseudo-labels)."""
+
+
 @dataclass(frozen=True)
 class SoftLabelSchedule:
     """How clients pseudo-label their unlabeled texts each round.
 
-    From ``start_round`` on, each client scores its unlabeled pool with the newest global model and
-    keeps predictions whose top probability is at least ``threshold``. By round ``r`` at most
-    ``min(growth * (r - start_round + 1), max_per_client)`` are kept, split evenly across classes
-    when ``balanced``. The kept examples train with their probability vectors as targets, weighted
-    by ``weight``; ``loss`` is ``"soft-ce"`` (cross-entropy with soft targets) or ``"kl"``.
+    From ``start_round`` on, each client scores its unlabeled pool with the newest global model
+    (the *teacher*) and keeps texts whose top teacher probability is at least ``threshold``. By
+    round ``r`` at most ``min(growth * (r - start_round + 1), max_per_client)`` are kept, split
+    evenly across classes when ``balanced``.
+
+    The teacher scores every text under the run's pattern and each of ``teacher_patterns`` (other
+    wordings with the same label words, scored by the same global adapter) and averages the
+    members' probabilities; with ``agreement`` only texts on which every member predicts the same
+    class are eligible. Kept texts train towards ``target``: the teacher's distribution with its
+    logits divided by ``temperature`` (below 1 sharpens it), or its argmax as a one-hot label.
+    A student trained on its own unsharpened probabilities gets no gradient from them at the
+    start of a round, so sharpening or a stronger teacher is what makes soft labels teach.
+
+    ``gold_share`` keeps the labeled examples' weight: when positive, that share of every local
+    batch is labeled examples and the rest soft ones, however many soft labels there are; at 0
+    batches are drawn from all examples alike. Each soft example's loss is scaled by ``weight``.
     """
 
     threshold: float = 0.8
@@ -118,7 +139,11 @@ class SoftLabelSchedule:
     start_round: int = 2
     balanced: bool = True
     weight: float = 1.0
-    loss: str = "soft-ce"
+    gold_share: float = 0.0
+    target: SoftTarget = SoftTarget.DISTRIBUTION
+    temperature: float = 1.0
+    teacher_patterns: tuple[str, ...] = ()
+    agreement: bool = False
 
     def __post_init__(self) -> None:
         _require(0.0 < self.threshold < 1.0,
@@ -129,8 +154,14 @@ class SoftLabelSchedule:
         _require(self.start_round >= 1,
                  f"soft_labels.start_round={self.start_round} must be >= 1 (rounds count from 1)")
         _require(self.weight >= 0.0, f"soft_labels.weight={self.weight} must be >= 0")
-        _require(self.loss in ("soft-ce", "kl"),
-                 f"soft_labels.loss={self.loss!r}: use 'soft-ce' or 'kl'")
+        _require(0.0 <= self.gold_share <= 1.0,
+                 f"soft_labels.gold_share={self.gold_share} must be between 0 and 1")
+        _require(self.temperature > 0.0,
+                 f"soft_labels.temperature={self.temperature} must be > 0 (1 keeps the "
+                 "teacher's probabilities, below 1 sharpens them)")
+        for pattern in self.teacher_patterns:
+            _require(pattern.count("{text}") == 1, "soft_labels.teacher_patterns: every pattern "
+                     f"must contain {{text}} exactly once, got {pattern!r}")
 
     def budget(self, round_number: int) -> int:
         """How many soft labels one client may hold in round ``round_number`` (1-based)."""
@@ -260,6 +291,8 @@ def _plain(value: Any) -> Any:
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, tuple | list):
         return [_plain(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value
     return value
 
 
@@ -286,6 +319,11 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where} must be a string, got {value!r}")
         return value
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        choices = [member.value for member in annotation]
+        if value not in choices:
+            raise ConfigError(f"{where}={value!r}: use one of {', '.join(map(str, choices))}")
+        return annotation(value)
     if origin is tuple:
         if isinstance(value, str) or not isinstance(value, Sequence):
             raise ConfigError(f"{where} must be a list, got {value!r}")

@@ -117,7 +117,11 @@ def round_settings(config: RunConfig, method: str, seed: int) -> Callable[[int],
             "soft_label_budget": budget * soft_scale,
             "soft_label_threshold": schedule.threshold,
             "soft_label_balanced": schedule.balanced, "soft_label_weight": schedule.weight,
-            "soft_label_loss": schedule.loss,
+            "soft_label_gold_share": schedule.gold_share,
+            "soft_label_target": schedule.target.value,
+            "soft_label_temperature": schedule.temperature,
+            "soft_label_teacher_patterns": list(schedule.teacher_patterns),
+            "soft_label_agreement": schedule.agreement,
         }
 
     return settings
@@ -156,11 +160,27 @@ def over_the_wire(state: Mapping[str, torch.Tensor], encoding: str
     return decode_tensors(payload), len(payload)
 
 
-def _soft_accuracy(updates: list[ClientUpdate]) -> float | None:
-    checked = sum(u.metrics.get("soft_label_checked", 0.0) for u in updates)
-    if checked == 0:
+def _pooled_rate(updates: list[ClientUpdate], correct: str, checked: str) -> float | None:
+    """``sum(correct) / sum(checked)`` over the round's client metrics; None if none checked."""
+    total = sum(u.metrics.get(checked, 0.0) for u in updates)
+    if total == 0:
         return None
-    return sum(u.metrics.get("soft_label_correct", 0.0) for u in updates) / checked
+    return sum(u.metrics.get(correct, 0.0) for u in updates) / total
+
+
+def soft_label_record(updates: list[ClientUpdate]) -> dict[str, Any]:
+    """The round's soft-label figures, pooled over its clients: how many were added, how many
+    of them are right, how the teacher and the student (the run's pattern alone) do on the whole
+    unlabeled pools (all three against the hidden labels: diagnostics, never used to train), and
+    the share of gold (labeled) examples in what the clients trained on."""
+    gold = [u.metrics["gold_share"] for u in updates if "gold_share" in u.metrics]
+    return {
+        "soft_labels_added": int(sum(u.metrics.get("soft_labels_added", 0) for u in updates)),
+        "soft_label_accuracy": _pooled_rate(updates, "soft_label_correct", "soft_label_checked"),
+        "teacher_pool_accuracy": _pooled_rate(updates, "teacher_pool_correct", "pool_checked"),
+        "student_pool_accuracy": _pooled_rate(updates, "student_pool_correct", "pool_checked"),
+        "gold_share": sum(gold) / len(gold) if gold else None,
+    }
 
 
 def federate(config: RunConfig, method: str, seed: int, data: FederatedData,
@@ -196,8 +216,7 @@ def federate(config: RunConfig, method: str, seed: int, data: FederatedData,
         downlink = 0 if centralized else len(updates) * down_bytes
         record = {
             "round": r, "accuracy": acc, "uplink_bytes": uplink, "downlink_bytes": downlink,
-            "soft_labels_added": int(sum(u.metrics.get("soft_labels_added", 0) for u in updates)),
-            "soft_label_accuracy": _soft_accuracy(updates),
+            **soft_label_record(updates),
             "train_loss": sum(u.metrics["train_loss"] for u in updates) / len(updates),
             "clients": sorted(tasks),
             "seconds": time.perf_counter() - started,

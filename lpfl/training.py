@@ -1,13 +1,16 @@
 """Local training and evaluation of a prompt model on hard and soft targets.
 
-Every training example carries a target distribution over classes: one-hot for a labeled example,
-the global model's probabilities for a soft-labeled one. Hard examples use cross-entropy; soft ones
-use soft cross-entropy or KL divergence (same gradient, KL reads 0 at a perfect fit), scaled by
-their weight. Batches are drawn by cycling through seeded shuffles of the set.
+Every training example carries a target distribution over classes: one-hot for a labeled (gold)
+example, the teacher's distribution for a soft-labeled one, and is trained with cross-entropy
+against it, scaled by its weight. Which examples go into which step is a *batch plan*
+(:func:`batch_plan`), drawn once per round by the client, so that every trainer (eager or an
+exported program) sees the same batches, and the client can report how much of its training was
+gold.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -32,57 +35,91 @@ def hard_example(text: str, label: int, num_classes: int) -> TrainExample:
     return TrainExample(text, tuple(1.0 if c == label else 0.0 for c in range(num_classes)))
 
 
-def example_losses(logits: torch.Tensor, targets: torch.Tensor, soft: torch.Tensor,
-                   soft_loss: str) -> torch.Tensor:
-    """Per-example loss: cross-entropy against ``targets``; KL for soft rows if asked."""
-    log_probs = F.log_softmax(logits, dim=-1)
-    ce = -(targets * log_probs).sum(-1)
-    if soft_loss != "kl":
-        return ce
-    entropy = -(targets * targets.clamp_min(1e-12).log()).sum(-1)
-    return torch.where(soft, ce - entropy, ce)
+def example_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-example cross-entropy of ``logits`` against target distributions ``targets``."""
+    return -(targets * F.log_softmax(logits, dim=-1)).sum(-1)
 
 
-def batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[list[int]]:
+def _cycle(positions: Sequence[int], rng: np.random.Generator) -> Iterator[int]:
+    """``positions`` in seeded shuffles, one after another, forever."""
     while True:
-        order = rng.permutation(n).tolist()
-        for start in range(0, n, batch_size):
-            yield order[start : start + batch_size]
+        for index in rng.permutation(len(positions)).tolist():
+            yield positions[index]
 
 
-def train_steps(pm: PromptModel, examples: Sequence[TrainExample], steps: int, batch_size: int,
-                lr: float, rng: np.random.Generator, soft_loss: str = "soft-ce",
-                weight_decay: float = 0.0) -> float:
-    """Run ``steps`` AdamW steps on the trainable parameters; returns the mean training loss.
+def batch_plan(examples: Sequence[TrainExample], steps: int, batch_size: int,
+               gold_share: float, rng: np.random.Generator) -> list[list[int]]:
+    """Which examples (positions in ``examples``) each of ``steps`` batches trains on.
+
+    With ``gold_share == 0`` every batch is the next slice of seeded shuffles of all examples, so
+    gold (labeled) and soft examples are drawn in proportion to their numbers. With
+    ``gold_share > 0`` and both kinds present, each batch holds ``ceil(gold_share * batch_size)``
+    gold examples and soft ones for the rest, each kind cycled through its own shuffles: however
+    many soft labels a client adds, they never dilute its labels below that share.
+    """
+    if not examples:
+        raise ValueError("no training examples")
+    if not 0.0 <= gold_share <= 1.0:
+        raise ValueError(f"gold_share={gold_share} must be in [0, 1]")
+    gold = [i for i, e in enumerate(examples) if not e.soft]
+    soft = [i for i, e in enumerate(examples) if e.soft]
+    if gold_share == 0.0 or not gold or not soft:
+        plan: list[list[int]] = []
+        while len(plan) < steps:
+            order = rng.permutation(len(examples)).tolist()
+            plan += [order[start : start + batch_size]
+                     for start in range(0, len(order), batch_size)]
+        return plan[:steps]
+    per_batch = min(batch_size, max(1, math.ceil(gold_share * batch_size)))
+    gold_cycle, soft_cycle = _cycle(gold, rng), _cycle(soft, rng)
+    return [[next(gold_cycle) for _ in range(per_batch)]
+            + [next(soft_cycle) for _ in range(batch_size - per_batch)] for _ in range(steps)]
+
+
+def gold_fraction(examples: Sequence[TrainExample], plan: Sequence[Sequence[int]]) -> float:
+    """The share of the planned training examples that are gold (labeled)."""
+    drawn = [i for batch in plan for i in batch]
+    return sum(not examples[i].soft for i in drawn) / max(len(drawn), 1)
+
+
+def batch_tensors(chosen: Sequence[TrainExample]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The targets ``[batch, classes]`` and weights ``[batch]`` of a batch, float32 on the CPU."""
+    targets = torch.tensor([e.target for e in chosen], dtype=torch.float32)
+    weights = torch.tensor([e.weight for e in chosen], dtype=torch.float32)
+    return targets, weights
+
+
+def weighted_loss(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The weighted mean of per-example losses (what every trainer minimises)."""
+    return (losses * weights).sum() / weights.sum().clamp_min(1e-12)
+
+
+def train_steps(pm: PromptModel, examples: Sequence[TrainExample],
+                plan: Sequence[Sequence[int]], lr: float, weight_decay: float = 0.0) -> float:
+    """One AdamW step per batch of ``plan`` on the trainable parameters; the mean training loss.
 
     The optimizer is fresh each call: in federated learning each round starts from the new global
     state, and optimizer moments are neither transmitted nor averaged.
     """
-    if not examples:
-        raise ValueError("no training examples")
+    if not plan:
+        raise ValueError("the batch plan is empty")
     params = [p for p in pm.network.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters; attach LoRA or unfreeze it")
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     pm.network.train()
     total = 0.0
-    order = batches(len(examples), batch_size, rng)
-    for _ in range(steps):
-        chosen = [examples[i] for i in next(order)]
+    for batch in plan:
+        chosen = [examples[i] for i in batch]
         logits = pm.class_logits(pm.encode([e.text for e in chosen]))
-        targets = torch.tensor([e.target for e in chosen], dtype=logits.dtype,
-                               device=logits.device)
-        soft = torch.tensor([e.soft for e in chosen], device=logits.device)
-        weights = torch.tensor([e.weight for e in chosen], dtype=logits.dtype,
-                               device=logits.device)
-        losses = example_losses(logits, targets, soft, soft_loss)
-        loss = (losses * weights).sum() / weights.sum().clamp_min(1e-12)
+        targets, weights = (t.to(logits.device, logits.dtype) for t in batch_tensors(chosen))
+        loss = weighted_loss(example_losses(logits, targets), weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         total += float(loss.detach())
     pm.network.eval()
-    return total / steps
+    return total / len(plan)
 
 
 def accuracy(logits: torch.Tensor, labels: Sequence[int]) -> float:

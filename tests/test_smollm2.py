@@ -9,7 +9,7 @@ from lpfl.model.adapters import load_trainable_state, set_mode, trainable_state
 from lpfl.model.loading import load_base_model
 from lpfl.model.prompt import PromptModel
 from lpfl.tensors import decode_tensors, encode_tensors
-from lpfl.training import hard_example, train_steps
+from lpfl.training import batch_plan, hard_example, train_steps
 
 pytestmark = pytest.mark.smollm2
 
@@ -48,8 +48,8 @@ def test_lora_steps_change_only_the_adapter_and_round_trip(pm: PromptModel) -> N
               if not p.requires_grad and "layers.0." in n}
     examples = [hard_example(POSITIVE, 1, 2), hard_example(NEGATIVE, 0, 2)]
     rng = np.random.default_rng(0)
-    first = train_steps(pm, examples, 1, 2, 1e-3, rng)
-    later = train_steps(pm, examples, 3, 2, 1e-3, rng)
+    first = train_steps(pm, examples, batch_plan(examples, 1, 2, 0.0, rng), 1e-3)
+    later = train_steps(pm, examples, batch_plan(examples, 3, 2, 0.0, rng), 1e-3)
     assert later < first
     trained = trainable_state(pm)
     assert any(not torch.equal(trained[k], start[k]) for k in start)

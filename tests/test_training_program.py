@@ -35,7 +35,14 @@ from lpfl.export.training_program import (
 from lpfl.model.adapters import load_trainable_state, set_mode, trainable_state
 from lpfl.model.loading import load_base_model
 from lpfl.model.prompt import PromptModel
-from lpfl.training import TrainExample, example_losses, hard_example, train_steps
+from lpfl.training import (
+    TrainExample,
+    batch_plan,
+    example_losses,
+    hard_example,
+    train_steps,
+)
+from lpfl.training import weighted_loss as training_loss
 
 SEQ = 24
 BATCH = 4
@@ -78,9 +85,7 @@ def examples(n_hard: int = 10, n_soft: int = 4) -> list[TrainExample]:
 
 def weighted_loss(logits: torch.Tensor, targets: torch.Tensor,
                   weights: torch.Tensor) -> torch.Tensor:
-    losses = example_losses(logits, targets, torch.zeros(len(targets), dtype=torch.bool),
-                            "soft-ce")
-    return (losses * weights).sum() / weights.sum()
+    return training_loss(example_losses(logits, targets), weights)
 
 
 @pytest.fixture(scope="module")
@@ -258,11 +263,11 @@ def step_by_step(pm: PromptModel, trainer: ProgramTrainer, data: list[TrainExamp
                  seed: int, steps: int = 20) -> tuple[list[float], list[float]]:
     """``steps`` single AdamW steps eagerly and on the program, on the same batches: the two
     loss curves."""
-    eager_rng, program_rng = np.random.default_rng(seed), np.random.default_rng(seed)
+    plan = batch_plan(data, steps, BATCH, 0.0, np.random.default_rng(seed))
     eager, program = [], []
-    for _ in range(steps):
-        eager.append(train_steps(pm, data, 1, BATCH, lr, eager_rng))
-        program.append(program_train_steps(trainer, pm.encode, data, 1, BATCH, lr, program_rng))
+    for batch in plan:
+        eager.append(train_steps(pm, data, [batch], lr))
+        program.append(program_train_steps(trainer, pm.encode, data, [batch], lr))
     return eager, program
 
 
@@ -281,15 +286,15 @@ def test_loss_tracks_eager_for_20_steps(pm: PromptModel, fp32_program: Path) -> 
 
 def test_program_train_steps_is_a_drop_in_for_train_steps(pm: PromptModel,
                                                           fp32_program: Path) -> None:
-    """One call of 20 steps (AdamW moments carried), KL loss, weight decay, short batches."""
+    """One call of 20 steps (AdamW moments carried), a gold-share plan, weight decay."""
     trainer = ProgramTrainer(fp32_program, lora_shapes(pm))
     adapter = random_adapter(pm, 3)
     load_trainable_state(pm, adapter)
     trainer.load_state(adapter)
     data = examples()
-    eager = train_steps(pm, data, 20, BATCH, 5e-3, np.random.default_rng(11), "kl", 0.01)
-    program = program_train_steps(trainer, pm.encode, data, 20, BATCH, 5e-3,
-                                  np.random.default_rng(11), "kl", 0.01)
+    plan = batch_plan(data, 20, BATCH, 0.5, np.random.default_rng(11))
+    eager = train_steps(pm, data, plan, 5e-3, 0.01)
+    program = program_train_steps(trainer, pm.encode, data, plan, 5e-3, 0.01)
     assert program == pytest.approx(eager, abs=LOSS_TOL)
     torch.testing.assert_close(trainer.state(), trainable_state(pm), atol=STATE_TOL, rtol=0)
 

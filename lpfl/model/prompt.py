@@ -78,6 +78,14 @@ class PromptEncoder:
     def num_classes(self) -> int:
         return len(self.label_ids)
 
+    def for_pattern(self, pattern: str) -> PromptEncoder:
+        """An encoder for another pattern with the same tokenizer, label words and length (a
+        program scores any such prompt: the pattern is text, the label words are in the graph)."""
+        if pattern == self.prompt.pattern:
+            return self
+        prompt = PromptSettings(pattern, self.prompt.label_words)
+        return PromptEncoder(self.tokenizer, prompt, self.max_length, self.causal)
+
     def _fit(self, text: str) -> str:
         """Shorten ``text`` so the whole prompt fits ``max_length`` (the pattern is kept whole)."""
         ids = self.tokenizer.encode(text, add_special_tokens=False)
@@ -177,13 +185,16 @@ class PromptModel:
         return masked
 
     @torch.no_grad()
-    def score(self, texts: Sequence[str], batch_size: int = 32) -> torch.Tensor:
-        """Class logits for many texts, in inference mode, shape ``[len(texts), num_classes]``."""
+    def score(self, texts: Sequence[str], batch_size: int = 32,
+              pattern: str | None = None) -> torch.Tensor:
+        """Class logits for many texts, in inference mode, shape ``[len(texts), num_classes]``;
+        under ``pattern`` (same label words) instead of the model's own when given."""
         was_training = self.network.training
         self.network.eval()
+        encoder = self.encoder if pattern is None else self.encoder.for_pattern(pattern)
         try:
             return score_in_length_order(
-                self.encoder, texts, batch_size,
+                encoder, texts, batch_size,
                 lambda batch: self.class_logits(self.on_device(batch)))
         finally:
             self.network.train(was_training)
