@@ -15,51 +15,80 @@ One round goes through these phases::
 - ``WAITING``: fewer than ``min_clients`` clients are connected; the round starts when one more
   joins.
 - ``TRAINING``: the strategy sampled clients and each got a task. Updates are checked (round,
-  sender, keys, shapes, finite values), their change from the global state is norm-clipped, and
-  they are folded into the strategy's running weighted sum as they arrive, so memory is one
-  model's worth. A client that leaves, fails or misses the deadline simply has no update.
+  sender, keys, shapes, finite values), their change from the global state is norm-clipped
+  (:class:`ClipMode`), and they are folded into the strategy's accumulator as they arrive (for
+  FedAvg a running weighted sum, so memory is one model's worth). A client that leaves, fails,
+  has a message refused or misses the deadline simply has no update.
 - The round closes once every sampled client has replied (or left), or at the deadline. With at
-  least ``min_updates`` updates the new global state is their weighted mean (``EVALUATING``: the
-  adapter evaluates and checkpoints it, then reports :class:`RoundRecorded`); with fewer, the round
-  is tried again with the same global state, at most ``max_attempts`` times.
+  least ``min_updates`` updates the strategy combines them into a proposed global state. The
+  guard refuses a proposal that is not finite or moves further than the round's norm bound: the
+  last good state stays and the updates are marked ``discarded`` with the reason. Either way the
+  round goes to ``EVALUATING`` (the adapter evaluates and checkpoints the global state, then
+  reports :class:`RoundRecorded`); with fewer updates the round is tried again with the same
+  global state, at most ``max_attempts`` times.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import math
-from collections.abc import Mapping
+import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from lpfl import wire
-from lpfl.aggregation import AggregationError, RunningWeightedSum
+from lpfl.aggregation import Accumulator, AggregationError, clip_delta, delta_norm
 from lpfl.errors import ConfigError
-from lpfl.strategy import ClientUpdate, FedAvg
+from lpfl.strategy import Aggregation, ClientUpdate, FedAvg, make_strategy
 from lpfl.tensors import ENCODINGS, PayloadError, decode_tensors, encode_tensors
 
 logger = logging.getLogger(__name__)
 
 
+class ClipMode(enum.Enum):
+    """How the L2 norm of each update's change from the global state (all tensors together) is
+    bounded before aggregation.
+
+    ``ADAPTIVE`` (the default): to ``norm_multiplier`` times the median accepted update norm of
+    the latest attempt that had updates (the previous round, or this round's failed attempt);
+    in a run's first attempt, which has no such median yet, the guard bounds the aggregate's
+    step by ``norm_multiplier`` times the attempt's own median instead. ``ABSOLUTE``: to
+    ``clip_norm``. ``OFF``: not at all (the guard still refuses a non-finite aggregate).
+    """
+
+    ADAPTIVE = "adaptive"
+    ABSOLUTE = "absolute"
+    OFF = "off"
+
+
 @dataclass(frozen=True)
 class RoundRules:
-    """When a round starts and closes, and what an update must satisfy.
+    """When a round starts and closes, what an update must satisfy, and how updates combine.
 
     ``min_clients`` connected clients start a round (0: the strategy's ``clients_per_round``);
     ``min_updates`` accepted updates make a round count; ``deadline_s`` is how long a round waits
-    for updates; ``clip_norm`` bounds the L2 norm of each update's change from the global state
-    over all tensors together (0: no clipping); a round that gets too few updates is retried up to
-    ``max_attempts`` times in all. ``task_encoding`` encodes the global state sent to clients,
-    ``update_encoding`` is what clients must reply with (``fp32``, ``fp16`` or ``int8``).
+    for updates; a round that gets too few updates is retried up to ``max_attempts`` times in
+    all. ``clip`` (:class:`ClipMode`) with ``clip_norm`` (the absolute bound) and
+    ``norm_multiplier`` (the adaptive bound's multiple of the median norm, also the guard's and
+    the norm filter's) bounds each update. ``aggregation`` picks the rule that combines updates
+    (:class:`lpfl.strategy.Aggregation`; ``trim_fraction`` is the trimmed mean's).
+    ``task_encoding`` encodes the global state sent to clients, ``update_encoding`` is what
+    clients must reply with (``fp32``, ``fp16`` or ``int8``).
     """
 
     min_clients: int = 0
     min_updates: int = 1
     deadline_s: float = 120.0
+    clip: ClipMode = ClipMode.ADAPTIVE
     clip_norm: float = 0.0
+    norm_multiplier: float = 3.0
+    aggregation: Aggregation = Aggregation.FEDAVG
+    trim_fraction: float = 0.2
     max_attempts: int = 3
     task_encoding: str = "fp32"
     update_encoding: str = "fp32"
@@ -70,8 +99,14 @@ class RoundRules:
              "(0 waits for clients_per_round clients)"),
             (self.min_updates >= 1, f"min_updates={self.min_updates} must be >= 1"),
             (0 < self.deadline_s < math.inf, f"deadline_s={self.deadline_s} must be > 0"),
-            (0 <= self.clip_norm < math.inf, f"clip_norm={self.clip_norm} must be >= 0 "
-             "(0 turns clipping off)"),
+            (0 <= self.clip_norm < math.inf, f"clip_norm={self.clip_norm} must be >= 0"),
+            ((self.clip is ClipMode.ABSOLUTE) == (self.clip_norm > 0),
+             f"clip_norm={self.clip_norm} goes with clip = \"absolute\" (and only with it): "
+             "set both, or neither"),
+            (1 <= self.norm_multiplier < math.inf,
+             f"norm_multiplier={self.norm_multiplier} must be >= 1"),
+            (0 <= self.trim_fraction < 0.5,
+             f"trim_fraction={self.trim_fraction} must be in [0, 0.5)"),
             (self.max_attempts >= 1, f"max_attempts={self.max_attempts} must be >= 1"),
             (self.task_encoding in ENCODINGS,
              f"task_encoding={self.task_encoding!r}: use one of {', '.join(ENCODINGS)}"),
@@ -81,6 +116,12 @@ class RoundRules:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"server.round.{message}")
+
+    def strategy(self, base: FedAvg) -> FedAvg:
+        """``base``'s sampling and task settings, combining updates by :attr:`aggregation`."""
+        return make_strategy(self.aggregation, base.clients_per_round, base.seed,
+                             base.round_settings, trim_fraction=self.trim_fraction,
+                             norm_multiplier=self.norm_multiplier)
 
 
 class Phase(enum.Enum):
@@ -124,6 +165,16 @@ class ClientFailed:
 
 
 @dataclass(frozen=True)
+class ClientRefused:
+    """The adapter refused a message from a client (a bad frame, a payload over the limit, an
+    upload that stalled) and sent it the error ``code``."""
+
+    client_id: str
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class DeadlinePassed:
     """The timer from a :class:`StartTimer` action fired."""
 
@@ -138,7 +189,8 @@ class RoundRecorded:
     round: int
 
 
-Event = ClientJoined | ClientLeft | UpdateReceived | ClientFailed | DeadlinePassed | RoundRecorded
+Event = (ClientJoined | ClientLeft | UpdateReceived | ClientFailed | ClientRefused | DeadlinePassed
+         | RoundRecorded)
 
 
 # Actions: what the machine asks the adapter to do, in order.
@@ -161,33 +213,52 @@ class StartTimer:
     seconds: float
 
 
+class Status(enum.StrEnum):
+    """What a client did in a round, as ``results.json`` records it."""
+
+    UPDATED = "updated"
+    """Its update was accepted and is part of the new global state."""
+    DISCARDED = "discarded"
+    """Its update was accepted, but the guard refused the round's aggregate (``reason``)."""
+    REJECTED = "rejected"
+    """A message of its turn was refused (``code``, ``reason``); its turn ended there."""
+    FAILED = "failed"
+    """It reported ``training_failed``."""
+    DROPPED = "dropped"
+    """It disconnected before replying."""
+    TIMED_OUT = "timed_out"
+    """It had not replied when the deadline passed."""
+    IDLE = "idle"
+    """Connected, but not sampled."""
+
+
 @dataclass(frozen=True)
 class ClientOutcome:
-    """What one sampled client did in a round.
+    """What one sampled client did in a round; ``update_norm`` is the L2 norm of its update's
+    change from the global state before clipping."""
 
-    ``status`` is ``"updated"``, ``"rejected"`` (its update failed a check: ``code`` says which),
-    ``"failed"`` (it reported an error), ``"dropped"`` (it disconnected) or ``"timed_out"``.
-    """
-
-    status: str
+    status: Status
     num_examples: int = 0
     metrics: Mapping[str, float] = field(default_factory=dict)
     update_norm: float = 0.0
     clipped: bool = False
     code: str = ""
+    reason: str = ""
 
 
 @dataclass(frozen=True)
 class RoundClosed:
-    """A round produced a new global state: evaluate it, checkpoint it, then report
+    """A round closed with enough updates: evaluate the global state, checkpoint it, then report
     :class:`RoundRecorded`. ``train_metrics`` are the example-weighted means of the clients'
-    metrics."""
+    metrics. ``refused`` says why the guard kept the previous global state (empty when the new
+    one was committed)."""
 
     round: int
     attempt: int
     global_state: Mapping[str, torch.Tensor]
     outcomes: Mapping[str, ClientOutcome]
     train_metrics: Mapping[str, float]
+    refused: str = ""
 
 
 @dataclass(frozen=True)
@@ -225,16 +296,19 @@ class _Round:
     attempt: int
     sampled: frozenset[str]
     pending: set[str]
-    acc: RunningWeightedSum
+    acc: Accumulator
     outcomes: dict[str, ClientOutcome] = field(default_factory=dict)
 
 
 class RoundMachine:
     """Drives ``rounds`` rounds of ``strategy`` from ``global_state``; see the module docstring.
 
-    ``first_round`` > 1 resumes a run whose earlier rounds are already recorded. Feed events to
-    :meth:`handle` and carry out the returned actions in order. :meth:`screen_update` lets the
-    adapter refuse an update from its header alone, before its payload is read.
+    ``first_round`` > 1 resumes a run whose earlier rounds are already recorded; ``median_norm``
+    is then the median accepted update norm of the last recorded round (:func:`median_norm`),
+    the reference of adaptive clipping. Updates are combined by ``rules.strategy(strategy)``.
+    Feed events to :meth:`handle` and carry out the returned actions in order.
+    :meth:`screen_update` lets the adapter refuse an update from its header alone, before its
+    payload is read.
     """
 
     def __init__(
@@ -244,13 +318,15 @@ class RoundMachine:
         rules: RoundRules,
         rounds: int,
         first_round: int = 1,
+        median_norm: float | None = None,
     ) -> None:
         if not global_state:
             raise ConfigError("the initial global state is empty: there is nothing to train")
         if rounds < 1 or first_round < 1:
             raise ConfigError(f"rounds={rounds} must be >= 1 and first_round={first_round} >= 1")
-        self.strategy = strategy
+        self.strategy = rules.strategy(strategy)
         self.rules = rules
+        self.median_norm = median_norm
         self.rounds = rounds
         self.global_state = {k: v.detach().to("cpu", torch.float32).clone()
                              for k, v in global_state.items()}
@@ -278,11 +354,14 @@ class RoundMachine:
                 return self._joined(client_id, capabilities)
             case ClientLeft(client_id):
                 self.clients.pop(client_id, None)
-                return self._settle(client_id, ClientOutcome("dropped"))
+                return self._settle(client_id, ClientOutcome(Status.DROPPED))
             case UpdateReceived(update):
                 return self._update(update)
             case ClientFailed(error):
                 return self._failed(error)
+            case ClientRefused(client_id, code, reason):
+                return self._settle(client_id, ClientOutcome(Status.REJECTED, code=code,
+                                                             reason=reason))
             case DeadlinePassed(round_number, attempt):
                 return self._deadline(round_number, attempt)
             case RoundRecorded(round_number):
@@ -357,15 +436,17 @@ class RoundMachine:
         try:
             outcome = self._fold(update, self._current.acc)
         except (wire.WireError, PayloadError, AggregationError) as exc:
-            code = exc.code if isinstance(exc, wire.WireError) else wire.E_INVALID_UPDATE
+            code, reason = ((exc.code, exc.reason) if isinstance(exc, wire.WireError)
+                            else (wire.E_INVALID_UPDATE, str(exc)))
             logger.warning("round %d: update from %s rejected: %s", update.round, cid, exc)
-            actions: list[Action] = [Send(cid, self._error(cid, code, str(exc)))]
-            return actions + self._settle(cid, ClientOutcome("rejected", code=code))
+            actions: list[Action] = [Send(cid, self._error(cid, code, reason))]
+            return actions + self._settle(cid, ClientOutcome(Status.REJECTED, code=code,
+                                                             reason=reason))
         ack = wire.Ack(update.round, cid, wire.UPDATE,
                        {"clipped": outcome.clipped, "update_norm": outcome.update_norm})
         return [Send(cid, ack), *self._settle(cid, outcome)]
 
-    def _fold(self, update: wire.Update, acc: RunningWeightedSum) -> ClientOutcome:
+    def _fold(self, update: wire.Update, acc: Accumulator) -> ClientOutcome:
         """Check the update against the global state, clip it, fold it into ``acc``."""
         state = decode_tensors(update.tensors)
         missing = sorted(set(self.global_state) - set(state))
@@ -373,7 +454,6 @@ class RoundMachine:
         if missing or extra:
             raise wire.WireError(wire.E_INVALID_UPDATE, f"tensor names differ from the global "
                                  f"state: missing {missing[:3]}, unexpected {extra[:3]}")
-        squared = 0.0
         for name, reference in self.global_state.items():
             tensor = state[name]
             if tensor.shape != reference.shape:
@@ -381,17 +461,23 @@ class RoundMachine:
                                      f"{tuple(tensor.shape)}, expected {tuple(reference.shape)}")
             if not bool(torch.isfinite(tensor).all()):
                 raise wire.WireError(wire.E_INVALID_UPDATE, f"tensor {name!r} is not finite")
-            squared += float((tensor.double() - reference.double()).square().sum())
-        norm = math.sqrt(squared)
-        clip = self.rules.clip_norm
-        clipped = 0 < clip < norm
-        if clipped:
-            scale = clip / norm
-            state = {name: ref + (state[name] - ref) * scale
-                     for name, ref in self.global_state.items()}
+        norm = delta_norm(state, self.global_state)
+        bound = self.clip_bound()
+        clipped = bound is not None and norm > bound
+        if bound is not None and clipped:
+            state = clip_delta(state, self.global_state, norm, bound)
         self.strategy.fold(acc, ClientUpdate(update.client_id, state, update.num_examples,
                                              update.metrics))
-        return ClientOutcome("updated", update.num_examples, update.metrics, norm, clipped)
+        return ClientOutcome(Status.UPDATED, update.num_examples, update.metrics, norm, clipped)
+
+    def clip_bound(self) -> float | None:
+        """The bound on an update's norm in the current attempt; ``None``: not clipped."""
+        match self.rules.clip:
+            case ClipMode.ABSOLUTE:
+                return self.rules.clip_norm
+            case ClipMode.ADAPTIVE if self.median_norm:
+                return self.rules.norm_multiplier * self.median_norm
+        return None
 
     def _settle(self, client_id: str, outcome: ClientOutcome) -> list[Action]:
         """Record the reply (or silence) of a pending client; close the round if none is left."""
@@ -411,7 +497,8 @@ class RoundMachine:
                            error.round, error.reason)
             return []
         logger.info("client %s failed round %d: %s", error.client_id, error.round, error.reason)
-        return self._settle(error.client_id, ClientOutcome("failed", code=error.code))
+        return self._settle(error.client_id, ClientOutcome(Status.FAILED, code=error.code,
+                                                           reason=error.reason))
 
     def _deadline(self, round_number: int, attempt: int) -> list[Action]:
         current = self._current
@@ -420,7 +507,7 @@ class RoundMachine:
         logger.info("round %d deadline passed; no reply from %s", round_number,
                     ", ".join(sorted(current.pending)))
         for cid in current.pending:
-            current.outcomes[cid] = ClientOutcome("timed_out")
+            current.outcomes[cid] = ClientOutcome(Status.TIMED_OUT)
         current.pending.clear()
         return self._close()
 
@@ -429,13 +516,43 @@ class RoundMachine:
         assert current is not None
         self._current = None
         outcomes = dict(sorted(current.outcomes.items()))
+        norms = [o.update_norm for o in outcomes.values() if o.status is Status.UPDATED]
+        if norms:
+            self.median_norm = statistics.median(norms)
         if current.acc.count < self.rules.min_updates:
             return self._fail(current, outcomes)
-        self.global_state = current.acc.mean()
+        proposed = current.acc.result()
+        refused, bound = self._guard(proposed, norms)
+        if refused:
+            logger.warning("round %d: the aggregate is refused (%s); keeping the last good "
+                           "global state", current.number, refused)
+            outcomes = {cid: _discarded(o, bound) for cid, o in outcomes.items()}
+        else:
+            self.global_state = proposed
         self.phase = Phase.EVALUATING
         logger.info("round %d closed with %d updates", current.number, current.acc.count)
         return [RoundClosed(current.number, current.attempt, self.global_state, outcomes,
-                            _weighted_metrics(outcomes))]
+                            _weighted_metrics(outcomes), refused)]
+
+    def _guard(self, proposed: Mapping[str, torch.Tensor],
+               norms: Sequence[float]) -> tuple[str, float]:
+        """Why ``proposed`` must not become the global state ("" if it may), and the bound on
+        its step from the current one: ``norm_multiplier`` times the attempt's median update
+        norm (adaptive), or times ``clip_norm`` (absolute; a robust rule can step a little
+        beyond the bound of each update); no bound when clipping is off."""
+        if not all(bool(torch.isfinite(t).all()) for t in proposed.values()):
+            return "the aggregate is not finite", math.inf
+        match self.rules.clip:
+            case ClipMode.ADAPTIVE:
+                bound = self.rules.norm_multiplier * statistics.median(norms)
+            case ClipMode.ABSOLUTE:
+                bound = self.rules.norm_multiplier * self.rules.clip_norm
+            case ClipMode.OFF:
+                return "", math.inf
+        step = delta_norm(proposed, self.global_state)
+        if bound > 0 and step > bound:
+            return f"its step {step:.4g} exceeds the bound {bound:.4g}", bound
+        return "", bound
 
     def _fail(self, current: _Round, outcomes: Mapping[str, ClientOutcome]) -> list[Action]:
         reason = (f"round {current.number} attempt {current.attempt} got {current.acc.count} "
@@ -444,7 +561,9 @@ class RoundMachine:
         actions: list[Action] = [RoundFailed(current.number, current.attempt, outcomes, reason)]
         if current.attempt >= self.rules.max_attempts:
             self.phase = Phase.ABORTED
-            return [*actions, *self._goodbye("the run was aborted"), RunAborted(reason)]
+            aborted = [Send(cid, self._error(cid, wire.E_ABORTED, reason))
+                       for cid in sorted(self.clients)]
+            return [*actions, *aborted, *self._goodbye("the run was aborted"), RunAborted(reason)]
         self.attempt += 1
         self.phase = Phase.WAITING
         return actions + self._start()
@@ -465,12 +584,28 @@ class RoundMachine:
         return [Send(cid, wire.Bye(self.round, cid, reason)) for cid in sorted(self.clients)]
 
 
+def median_norm(norms: Sequence[float]) -> float | None:
+    """The median of a round's accepted update norms; ``None`` if there are none.
+    A resumed server gives it the last recorded round's norms."""
+    return statistics.median(norms) if norms else None
+
+
+def _discarded(outcome: ClientOutcome, bound: float) -> ClientOutcome:
+    """An accepted update whose round's aggregate was refused; says if its norm was over the
+    bound (the likely cause)."""
+    if outcome.status is not Status.UPDATED:
+        return outcome
+    reason = (f"update norm {outcome.update_norm:.4g} exceeds the bound {bound:.4g}"
+              if outcome.update_norm > bound else "the round's aggregate was refused")
+    return dataclasses.replace(outcome, status=Status.DISCARDED, reason=reason)
+
+
 def _weighted_metrics(outcomes: Mapping[str, ClientOutcome]) -> dict[str, float]:
-    """Example-weighted mean of each metric over the clients whose update was accepted."""
+    """Example-weighted mean of each metric over the clients whose update was committed."""
     totals: dict[str, float] = {}
     weights: dict[str, float] = {}
     for outcome in outcomes.values():
-        if outcome.status != "updated":
+        if outcome.status is not Status.UPDATED:
             continue
         for name, value in outcome.metrics.items():
             totals[name] = totals.get(name, 0.0) + value * outcome.num_examples

@@ -3,10 +3,16 @@
 A strategy is ``configure`` (sample clients, build each one's task settings) plus ``aggregate``
 (fold updates into the next global state). The same strategy object drives ``lpfl simulate`` and
 the websocket server, so both sample the same clients and produce the same global adapter.
+
+:class:`FedAvg` averages; :class:`FedMedian`, :class:`FedTrimmedAvg` and :class:`FedNormFilter`
+sample and configure the same way but combine updates with a robust rule of
+:mod:`lpfl.aggregation` (its docstring compares their cost and says when to use which).
+:func:`make_strategy` builds the one an :class:`Aggregation` names.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from lpfl.aggregation import RunningWeightedSum
+from lpfl.aggregation import (
+    Accumulator,
+    HeldUpdates,
+    RunningWeightedSum,
+    coordinate_median,
+    norm_filtered_mean,
+    trimmed_mean,
+)
 
 
 @dataclass(frozen=True)
@@ -59,11 +72,12 @@ class FedAvg:
         settings = self.round_settings(round_number)
         return {cid: dict(settings) for cid in self.sample(round_number, available)}
 
-    def start_aggregation(self) -> RunningWeightedSum:
-        """A fresh accumulator; the server folds updates in as they arrive."""
+    def start_aggregation(self) -> Accumulator:
+        """A fresh accumulator; the server folds updates in as they arrive. FedAvg's is a
+        running weighted sum: one model's worth of memory."""
         return RunningWeightedSum()
 
-    def fold(self, acc: RunningWeightedSum, update: ClientUpdate) -> None:
+    def fold(self, acc: Accumulator, update: ClientUpdate) -> None:
         """Add one update, weighted by its number of training examples."""
         acc.add(update.state, float(update.num_examples))
 
@@ -72,4 +86,68 @@ class FedAvg:
         acc = self.start_aggregation()
         for update in updates:
             self.fold(acc, update)
-        return acc.mean()
+        return acc.result()
+
+
+class FedMedian(FedAvg):
+    """FedAvg's sampling with the coordinate-wise median of the updates (Yin et al., 2018)."""
+
+    def start_aggregation(self) -> Accumulator:
+        return HeldUpdates(lambda states, weights: coordinate_median(states))
+
+
+class FedTrimmedAvg(FedAvg):
+    """FedAvg's sampling with the coordinate-wise trimmed mean: ``trim_fraction`` of the values
+    dropped at each end (Yin et al., 2018)."""
+
+    def __init__(self, clients_per_round: int, seed: int, round_settings: RoundSettings,
+                 trim_fraction: float) -> None:
+        super().__init__(clients_per_round, seed, round_settings)
+        if not 0 <= trim_fraction < 0.5:
+            raise ValueError("trim_fraction must be in [0, 0.5)")
+        self.trim_fraction = trim_fraction
+
+    def start_aggregation(self) -> Accumulator:
+        return HeldUpdates(lambda states, weights: trimmed_mean(states, self.trim_fraction))
+
+
+class FedNormFilter(FedAvg):
+    """FedAvg over the updates within ``multiplier`` times the median distance of the
+    coordinate-wise median; the others are left out
+    (:func:`lpfl.aggregation.norm_filtered_mean`)."""
+
+    def __init__(self, clients_per_round: int, seed: int, round_settings: RoundSettings,
+                 multiplier: float) -> None:
+        super().__init__(clients_per_round, seed, round_settings)
+        if not multiplier >= 1:
+            raise ValueError("multiplier must be >= 1")
+        self.multiplier = multiplier
+
+    def start_aggregation(self) -> Accumulator:
+        return HeldUpdates(lambda states, weights: norm_filtered_mean(states, weights,
+                                                                      self.multiplier))
+
+
+class Aggregation(enum.Enum):
+    """How a round's updates become the next global state (``[server.round] aggregation``)."""
+
+    FEDAVG = "fedavg"
+    MEDIAN = "median"
+    TRIMMED_MEAN = "trimmed-mean"
+    NORM_FILTER = "norm-filter"
+
+
+def make_strategy(aggregation: Aggregation, clients_per_round: int, seed: int,
+                  round_settings: RoundSettings, *, trim_fraction: float,
+                  norm_multiplier: float) -> FedAvg:
+    """The strategy that combines updates by ``aggregation``; ``trim_fraction`` is for the
+    trimmed mean, ``norm_multiplier`` for the norm filter."""
+    match aggregation:
+        case Aggregation.FEDAVG:
+            return FedAvg(clients_per_round, seed, round_settings)
+        case Aggregation.MEDIAN:
+            return FedMedian(clients_per_round, seed, round_settings)
+        case Aggregation.TRIMMED_MEAN:
+            return FedTrimmedAvg(clients_per_round, seed, round_settings, trim_fraction)
+        case Aggregation.NORM_FILTER:
+            return FedNormFilter(clients_per_round, seed, round_settings, norm_multiplier)

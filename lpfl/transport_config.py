@@ -14,7 +14,8 @@ the round rules in ``[server.round]``::
     min-clients = 3
     min-updates = 2
     deadline-s = 60
-    clip-norm = 0.0
+    clip = "adaptive"               # or "absolute" with clip-norm = ..., or "off"
+    aggregation = "fedavg"          # or "median", "trimmed-mean", "norm-filter"
     update-encoding = "fp16"
 
 :func:`load_server_config` reads both parts; ``--set server.port=9000`` style overrides work like
@@ -23,6 +24,8 @@ the run config's.
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +45,10 @@ class ServerSettings:
     object mapping each client id to its secret token; a client that is not listed, or sends
     another token, is refused during the websocket handshake. ``max_concurrent_uploads`` bounds
     how many update payloads are being received at once (each takes up to one model's worth of
-    memory); other uploaders wait, their data held back by TCP flow control.
+    memory); other uploaders wait, their data held back by TCP flow control. An uploader holds its
+    slot only while its frames keep coming: one that sends no frame for
+    ``upload_frame_timeout_s`` (a frame is at most 64 KiB, so this is also a minimum rate) gets
+    ``timeout``, loses its turn and its connection.
     """
 
     host: str = "127.0.0.1"
@@ -53,6 +59,7 @@ class ServerSettings:
     keyfile: str = ""
     hello_timeout_s: float = 10.0
     max_concurrent_uploads: int = 8
+    upload_frame_timeout_s: float = 30.0
     ping_interval_s: float = 20.0
     round: RoundRules = field(default_factory=RoundRules)
 
@@ -64,6 +71,7 @@ class ServerSettings:
              "certfile and keyfile go together: set both for wss://, or neither for ws://"),
             (0 < self.hello_timeout_s < math.inf, "hello_timeout_s must be > 0"),
             (self.max_concurrent_uploads >= 1, "max_concurrent_uploads must be >= 1"),
+            (0 < self.upload_frame_timeout_s < math.inf, "upload_frame_timeout_s must be > 0"),
             (0 < self.ping_interval_s < math.inf, "ping_interval_s must be > 0"),
         )
         for ok, message in checks:
@@ -73,6 +81,11 @@ class ServerSettings:
     @property
     def tls(self) -> bool:
         return bool(self.certfile)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, JSON-friendly dict of every setting (enums as their values)."""
+        return dataclasses.asdict(self, dict_factory=lambda items: {
+            key: value.value if isinstance(value, enum.Enum) else value for key, value in items})
 
 
 def server_settings_from_dict(table: Mapping[str, Any]) -> ServerSettings:

@@ -79,13 +79,16 @@ E_TRAINING_FAILED = "training_failed"
 """Sent by a client whose trainer raised; the round goes on without it."""
 E_REPLACED = "replaced"
 """The same client connected again; the older connection is closed."""
+E_ABORTED = "aborted"
+"""The run stopped before its last round (a round failed too often); fatal, the client must not
+report the run as finished."""
 
 ERROR_CODES = (
     E_BAD_FRAME, E_BAD_MESSAGE, E_UNSUPPORTED_SCHEMA, E_TOO_LARGE, E_UNAUTHORIZED, E_UNEXPECTED,
     E_STALE_ROUND, E_LATE_UPDATE, E_WRONG_ROUND, E_NOT_SAMPLED, E_DUPLICATE_UPDATE,
-    E_INVALID_UPDATE, E_TIMEOUT, E_TRAINING_FAILED, E_REPLACED,
+    E_INVALID_UPDATE, E_TIMEOUT, E_TRAINING_FAILED, E_REPLACED, E_ABORTED,
 )
-FATAL_CODES = frozenset({E_UNSUPPORTED_SCHEMA, E_UNAUTHORIZED})
+FATAL_CODES = frozenset({E_UNSUPPORTED_SCHEMA, E_UNAUTHORIZED, E_ABORTED})
 """Codes after which a client must stop instead of reconnecting: retrying cannot help."""
 
 CLIENT_ID_HEADER = "X-LPFL-Client-Id"

@@ -7,7 +7,11 @@ machine; this module only moves bytes and time:
   ``hello`` within ``hello_timeout_s``;
 - reads frames through a :class:`lpfl.wire.FrameReader` per connection, refusing an update from its
   header when the machine would refuse it anyway, and receiving at most
-  ``max_concurrent_uploads`` update payloads at a time, each within the round deadline;
+  ``max_concurrent_uploads`` update payloads at a time, each within the round deadline and with
+  every frame within ``upload_frame_timeout_s`` of the previous one (a stalled upload gives its
+  slot back and ends that client's turn);
+- tells the machine about every message it refuses, so a refusal ends that client's turn at
+  once, with its code in the round record;
 - turns messages, disconnects and timers into machine events, and carries out the machine's
   actions: messages go to a per-connection outbox drained by one writer task, so frames of two
   messages never interleave;
@@ -80,6 +84,14 @@ class _Session:
         self.counted_out = 0
 
 
+class _UploadTimeout(Exception):
+    """An update's frames stopped coming, or came too slowly for the round deadline."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class RunOutcome:
     """How a run ended: ``completed`` is False when a round failed too often (``reason``)."""
@@ -116,18 +128,23 @@ class AggregatorServer:
         self.settings = settings
         self.checkpoint_path = Path(settings.run_dir) / CHECKPOINT_NAME
         self.history: list[RoundRecord] = []
-        state, first_round = initial_state, 1
+        state, first_round, reference = initial_state, 1, None
         if resume and self.checkpoint_path.is_file():
             checkpoint = load_checkpoint(self.checkpoint_path)
             state, first_round = checkpoint.global_state, checkpoint.round + 1
             self.history = list(checkpoint.rounds)
+            if self.history:
+                reference = protocol.median_norm(
+                    [c.update_norm for c in self.history[-1].clients
+                     if c.status in (protocol.Status.UPDATED, protocol.Status.DISCARDED)])
             rng = torch.frombuffer(bytearray(checkpoint.rng_state), dtype=torch.uint8)
             torch.set_rng_state(rng)
             logger.info("resuming after round %d from %s", checkpoint.round, self.checkpoint_path)
         elif self.checkpoint_path.exists() and not resume:
             raise ConfigError(f"{self.checkpoint_path} holds an earlier run: resume it with "
                               "--resume, or choose another run_dir")
-        self.machine = protocol.RoundMachine(strategy, state, settings.round, rounds, first_round)
+        self.machine = protocol.RoundMachine(strategy, state, settings.round, rounds, first_round,
+                                             reference)
         self._limits = {wire.UPDATE: self.machine.max_update_bytes()}
         self._authenticate = TokenAuthenticator(tokens)
         self._evaluate = evaluate
@@ -212,9 +229,9 @@ class AggregatorServer:
                 await self._serve(session)
         except ConnectionClosed:
             logger.info("client %s disconnected", client_id)
-        except TimeoutError:
-            self._send(session, wire.Error.of(self.machine.round, client_id, wire.E_TIMEOUT,
-                                              "an update took longer than the round deadline"))
+        except _UploadTimeout as exc:
+            logger.warning("client %s: %s; closing its connection", client_id, exc.reason)
+            self._refuse(session, wire.WireError(wire.E_TIMEOUT, exc.reason))
         finally:
             session.outbox.put_nowait(None)
             await asyncio.wait([writer], timeout=_CLOSE_TIMEOUT_S)
@@ -263,8 +280,7 @@ class AggregatorServer:
                 message = await self._receive(session)
             except wire.WireError as exc:
                 logger.warning("client %s sent a bad frame: %s", session.client_id, exc)
-                self._send(session, wire.Error.of(self.machine.round, session.client_id,
-                                                  exc.code, exc.reason))
+                self._refuse(session, exc)
                 continue
             if isinstance(message, wire.Update):
                 self._traffic(session.client_id).payload_in += len(message.tensors)
@@ -275,9 +291,8 @@ class AggregatorServer:
                 logger.info("client %s left: %s", session.client_id, message.reason)
                 return
             else:
-                self._send(session, wire.Error.of(self.machine.round, session.client_id,
-                                                  wire.E_UNEXPECTED,
-                                                  f"a client may not send {message.TYPE} now"))
+                self._refuse(session, wire.WireError(wire.E_UNEXPECTED,
+                                                     f"a client may not send {message.TYPE} now"))
             # An update is folded in already: holding it while this client idles until the next
             # round would keep one payload alive per connection (memory O(clients)).
             del message
@@ -303,16 +318,29 @@ class AggregatorServer:
                 self._send(session, refusal)
                 session.reader.discard()
             slot = self._upload_slots if refusal is None else contextlib.nullcontext()
-            async with slot, asyncio.timeout(self.settings.round.deadline_s):
+            async with slot:
                 message = await self._rest(session)
             if message is not None:
                 return message
 
     async def _rest(self, session: _Session) -> wire.Message | None:
-        """Feed frames until the pending message is complete; None if it was discarded."""
+        """Feed frames until the pending message is complete; None if it was discarded. Raise
+        :class:`_UploadTimeout` if the upload outlasts the round deadline or a frame is more
+        than ``upload_frame_timeout_s`` behind the previous one."""
+        deadline = asyncio.get_running_loop().time() + self.settings.round.deadline_s
+        frame_timeout = self.settings.upload_frame_timeout_s
         message = None
         while session.reader.pending is not None:
-            message = session.reader.feed(await self._frame(session))
+            loop_time = asyncio.get_running_loop().time()
+            try:
+                async with asyncio.timeout_at(min(deadline, loop_time + frame_timeout)):
+                    frame = await self._frame(session)
+            except TimeoutError:
+                if loop_time + frame_timeout < deadline:
+                    raise _UploadTimeout(f"the upload stalled: no frame for {frame_timeout} s"
+                                         ) from None
+                raise _UploadTimeout("the upload took longer than the round deadline") from None
+            message = session.reader.feed(frame)
         return message
 
     async def _write(self, session: _Session) -> None:
@@ -329,6 +357,14 @@ class AggregatorServer:
 
     def _send(self, session: _Session, message: wire.Message) -> None:
         session.outbox.put_nowait(message)
+
+    def _refuse(self, session: _Session, exc: wire.WireError) -> None:
+        """Answer a refused message with its error, and end the client's turn in the round."""
+        self._send(session, wire.Error.of(self.machine.round, session.client_id, exc.code,
+                                          exc.reason))
+        if self._sessions.get(session.client_id) is session:
+            self._apply(self.machine.handle(protocol.ClientRefused(session.client_id, exc.code,
+                                                                   exc.reason)))
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coroutine)
@@ -422,11 +458,11 @@ def _round_record(closed: protocol.RoundClosed, metrics: dict[str, float],
                   eval_seconds: float) -> RoundRecord:
     clients = []
     for cid in sorted(set(closed.outcomes) | set(window)):
-        outcome = closed.outcomes.get(cid, protocol.ClientOutcome("idle"))
+        outcome = closed.outcomes.get(cid, protocol.ClientOutcome(protocol.Status.IDLE))
         traffic = window.get(cid, _Traffic())
         clients.append(ClientRecord(
             cid, outcome.status, outcome.num_examples, dict(outcome.metrics), outcome.update_norm,
             outcome.clipped, outcome.code, traffic.payload_in, traffic.payload_out,
-            traffic.wire_in, traffic.wire_out, dict(capabilities.get(cid, {}))))
+            traffic.wire_in, traffic.wire_out, dict(capabilities.get(cid, {})), outcome.reason))
     return RoundRecord(closed.round, closed.attempt, seconds, metrics, dict(closed.train_metrics),
-                       clients, eval_seconds)
+                       clients, eval_seconds, closed.refused)

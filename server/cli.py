@@ -88,7 +88,7 @@ def run(args: argparse.Namespace, factory: ServerFactory | None = None) -> int:
         raise LpflError("server.tokens-file is not set: every client needs a token")
     tokens = load_tokens(settings.tokens_file)
     parts = factory(config)
-    meta = {"config": config.to_dict(), "server": dataclasses.asdict(settings)}
+    meta = {"config": config.to_dict(), "server": settings.to_dict()}
     results = parts.results or JsonResultsWriter(Path(settings.run_dir) / "results.json", meta)
 
     async def serve() -> RunOutcome:

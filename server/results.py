@@ -33,12 +33,15 @@ class ClientRecord:
     update_norm: float = 0.0
     clipped: bool = False
     code: str = ""
+    """The error code of a refused message or of the client's own failure report."""
     payload_uplink_bytes: int = 0
     payload_downlink_bytes: int = 0
     wire_uplink_bytes: int = 0
     wire_downlink_bytes: int = 0
     capabilities: Mapping[str, Any] = field(default_factory=dict)
     """What the client said in its hello (``cpu_arch``, ``backend``, ``runtime`` versions)."""
+    reason: str = ""
+    """Why the update was refused, failed or discarded (empty for an accepted one)."""
 
 
 _TOTALS = ("payload_uplink_bytes", "payload_downlink_bytes", "wire_uplink_bytes",
@@ -58,6 +61,9 @@ class RoundRecord:
     eval_seconds: float = 0.0
     """Of :attr:`seconds`, the server's evaluation of the new global state: an instrument of
     the experiment, not a step of training, so reports can leave it out of time to accuracy."""
+    refused: str = ""
+    """Why the guard refused the round's aggregate and kept the previous global state (its
+    clients' updates are then ``discarded``); empty when the new state was committed."""
 
     def total(self, name: str) -> int:
         """Sum of one of the byte counters over all clients."""

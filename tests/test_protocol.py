@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from lpfl import protocol as p
 from lpfl import wire
 from lpfl.errors import ConfigError
-from lpfl.strategy import FedAvg
+from lpfl.strategy import Aggregation, FedAvg
 from lpfl.tensors import encode_tensors
 
 CAPS = {"backend": "fake", "cpu_arch": "x86_64", "memory_bytes": 1, "runtime": {}}
@@ -171,13 +171,15 @@ def test_too_few_updates_retry_the_round_then_abort() -> None:
     m.handle(update("c1", 1, 1.0))
     retry = m.handle(p.ClientFailed(wire.Error(1, "c2", wire.E_TRAINING_FAILED, "oom")))
     failed = only(retry, p.RoundFailed)
-    assert failed.outcomes["c2"] == p.ClientOutcome("failed", code=wire.E_TRAINING_FAILED)
+    assert failed.outcomes["c2"] == p.ClientOutcome(p.Status.FAILED, code=wire.E_TRAINING_FAILED,
+                                                    reason="oom")
     assert set(sends(retry, wire.Task)) == {"c1", "c2"}
     assert only(retry, p.StartTimer) == p.StartTimer(1, 2, 120.0)
     m.handle(p.ClientLeft("c2"))
     aborted = m.handle(p.DeadlinePassed(1, 2))
     assert isinstance(aborted[-1], p.RunAborted)
     assert set(sends(aborted, wire.Bye)) == {"c1"}
+    assert sends(aborted, wire.Error)["c1"].code == wire.E_ABORTED  # so it does not say "done"
     assert phase(m) is p.Phase.ABORTED
     assert torch.equal(m.global_state["a"], GLOBAL["a"])
 
@@ -194,7 +196,7 @@ def test_retry_waits_when_too_few_clients_remain() -> None:
 
 
 def test_update_change_is_norm_clipped() -> None:
-    m = machine(rounds=1, per_round=1, clip_norm=1.0)
+    m = machine(rounds=1, per_round=1, clip=p.ClipMode.ABSOLUTE, clip_norm=1.0)
     join(m, "c1")
     actions = m.handle(update("c1", 1, 3.0))
     ack = sends(actions, wire.Ack)["c1"]
@@ -245,6 +247,8 @@ def test_recording_a_round_that_is_not_evaluating_is_a_bug() -> None:
 @pytest.mark.parametrize(
     "rules",
     [{"min_updates": 0}, {"deadline_s": 0.0}, {"clip_norm": -1.0}, {"max_attempts": 0},
+     {"clip_norm": 1.0}, {"clip": p.ClipMode.ABSOLUTE}, {"norm_multiplier": 0.9},
+     {"trim_fraction": 0.5},
      {"update_encoding": "bf16"}, {"task_encoding": "zip"}, {"min_clients": -1}],
 )
 def test_rules_reject_bad_values(rules: dict[str, Any]) -> None:
@@ -281,3 +285,69 @@ def _edit(data: bytes, edits: list[tuple[int, int]]) -> bytearray:
     for position, value in edits:
         out[position] = value
     return out
+
+
+def test_adaptive_clipping_bounds_updates_by_the_last_median_norm() -> None:
+    m = machine(rounds=2, per_round=3, norm_multiplier=2.0)
+    join(m, "c1", "c2", "c3")
+    assert m.clip_bound() is None  # nothing to adapt to yet
+    for cid, value in (("c1", 1.0), ("c2", 2.0), ("c3", 3.0)):
+        m.handle(update(cid, 1, value))
+    norms = [math.sqrt(6 * v**2 + 4 * (v - 1) ** 2) for v in (1.0, 2.0, 3.0)]
+    assert m.clip_bound() == pytest.approx(2.0 * norms[1])
+    m.handle(p.RoundRecorded(1))
+    base = m.global_state
+    actions = m.handle(update("c1", 2, 100.0))
+    assert sends(actions, wire.Ack)["c1"].detail["clipped"] is True
+    m.handle(update("c2", 2, 2.0))
+    closed = only(m.handle(update("c3", 2, 2.0)), p.RoundClosed)
+    assert not closed.refused and closed.outcomes["c1"].clipped
+    step = math.sqrt(sum(float((closed.global_state[n] - base[n]).double().square().sum())
+                         for n in GLOBAL))
+    assert step < 2.0 * norms[1]
+
+
+def test_a_resumed_machine_clips_with_the_recorded_median_norm() -> None:
+    rules = p.RoundRules(norm_multiplier=2.0)
+    m = p.RoundMachine(FedAvg(1, 0, settings_for), GLOBAL, rules, rounds=3, first_round=2,
+                       median_norm=p.median_norm([1.0, 0.5, 4.0]))
+    assert m.clip_bound() == 2.0
+    join(m, "c1")
+    closed = only(m.handle(update("c1", 2, 10.0)), p.RoundClosed)
+    assert closed.outcomes["c1"].clipped and not closed.refused
+    assert p.median_norm([]) is None
+
+
+def test_the_guard_keeps_the_last_good_state_and_names_the_outlier() -> None:
+    m = machine(rounds=2, per_round=3)
+    join(m, "c1", "c2", "c3")
+    m.handle(update("c1", 1, 1.0))
+    m.handle(update("c2", 1, 1.5))
+    closed = only(m.handle(update("c3", 1, 3e38)), p.RoundClosed)
+    assert "exceeds the bound" in closed.refused
+    assert all(torch.equal(closed.global_state[n], GLOBAL[n]) for n in GLOBAL)
+    assert closed.outcomes["c3"].status is p.Status.DISCARDED
+    assert "update norm" in closed.outcomes["c3"].reason
+    assert closed.outcomes["c1"].reason == "the round's aggregate was refused"
+    assert closed.train_metrics == {}
+
+
+def test_with_clipping_off_only_a_non_finite_aggregate_is_refused() -> None:
+    m = machine(rounds=1, per_round=2, clip=p.ClipMode.OFF)
+    join(m, "c1", "c2")
+    m.handle(update("c1", 1, 1.0))
+    closed = only(m.handle(update("c2", 1, 3e38)), p.RoundClosed)
+    assert not closed.refused and not closed.outcomes["c2"].clipped
+    assert float(closed.global_state["a"].max()) > 1e38
+
+
+@pytest.mark.parametrize(("aggregation", "expected"),
+                         [(Aggregation.FEDAVG, (1 + 2 + 30) / 3), (Aggregation.MEDIAN, 2.0),
+                          (Aggregation.NORM_FILTER, 1.5)])
+def test_the_rules_pick_the_aggregation(aggregation: Aggregation, expected: float) -> None:
+    m = machine(rounds=1, per_round=3, clip=p.ClipMode.OFF, aggregation=aggregation)
+    join(m, "c1", "c2", "c3")
+    m.handle(update("c1", 1, 1.0))
+    m.handle(update("c2", 1, 2.0))
+    closed = only(m.handle(update("c3", 1, 30.0)), p.RoundClosed)
+    assert torch.allclose(closed.global_state["a"], torch.full((2, 3), expected))

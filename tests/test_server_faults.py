@@ -5,6 +5,8 @@ connection) and the run still completes."""
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import ClientConnection, connect
@@ -152,6 +155,7 @@ def test_a_connection_must_open_with_its_own_hello_in_time(tmp_path: Path) -> No
 def test_oversized_payloads_are_refused_before_they_are_read(tmp_path: Path) -> None:
     async def scenario(server: AggregatorServer, tokens: dict[str, str]) -> None:
         limit = server.machine.max_update_bytes()
+        good = asyncio.create_task(ff.client(server, "c-1", tokens["c-1"]).run())
         async with raw(server, "c-2", tokens["c-2"]) as ws:
             await hello(ws, "c-2")
             assert isinstance(await receive(ws), wire.Task)
@@ -165,9 +169,76 @@ def test_oversized_payloads_are_refused_before_they_are_read(tmp_path: Path) -> 
             await ws.send(bytes(wire.MAX_FRAME_BYTES + 1))  # beyond websockets' max_size
             await closed(ws)
             assert ws.close_code == 1009
-        assert await ff.client(server, "c-1", tokens["c-1"]).run() == 1
+        assert await good == 1
 
-    assert with_server(tmp_path, scenario, ["c-1", "c-2"], min_clients=1).completed
+    outcome = with_server(tmp_path, scenario, ["c-1", "c-2"], clients_per_round=2)
+    assert outcome.completed
+    (c2,) = [c for c in outcome.rounds[0].clients if c.client_id == "c-2"]
+    assert (c2.status, c2.code) == ("rejected", wire.E_TOO_LARGE)
+
+
+def _frame(document: dict[str, Any], payload: bytes) -> bytes:
+    """A hand-made first frame: length, JSON header, payload."""
+    header = json.dumps(document).encode()
+    return len(header).to_bytes(4, "big") + header + payload
+
+
+def _update_document(payload_bytes: int, num_examples: int = 3) -> dict[str, Any]:
+    return {"schema_version": 1, "type": "update", "round": 1, "client_id": "c-2",
+            "payload_bytes": payload_bytes, "body": {"num_examples": num_examples, "metrics": {}}}
+
+
+def _state(value: float, extra: int = 0) -> dict[str, torch.Tensor]:
+    state = ff.initial_state()
+    state["head.bias"] = torch.full((3 + extra,), value)
+    return state
+
+
+REFUSALS: dict[str, tuple[list[bytes], str]] = {
+    "bad_message": ([_frame(_update_document(10, num_examples=0), bytes(10))],
+                    wire.E_BAD_MESSAGE),
+    "payload overrun": ([_frame(_update_document(10), bytes(5)), bytes(10)], wire.E_BAD_FRAME),
+    "NaN": ([wire.Update(1, "c-2", encode_tensors(_state(math.nan)), 3).serialize()],
+            wire.E_INVALID_UPDATE),
+    "shape": ([wire.Update(1, "c-2", encode_tensors(_state(1.0, extra=1)), 3).serialize()],
+              wire.E_INVALID_UPDATE),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(REFUSALS))
+def test_a_refusal_ends_the_clients_turn_at_once_with_its_code(tmp_path: Path,
+                                                                kind: str) -> None:
+    frames, code = REFUSALS[kind]
+
+    async def scenario(server: AggregatorServer, tokens: dict[str, str]) -> None:
+        good = asyncio.create_task(ff.client(server, "c-1", tokens["c-1"]).run())
+        async with raw(server, "c-2", tokens["c-2"]) as ws:
+            await hello(ws, "c-2")
+            assert isinstance(await receive(ws), wire.Task)
+            for frame in frames:
+                await ws.send(frame)
+            error = await receive(ws)
+            assert isinstance(error, wire.Error) and error.code == code
+            assert error.reason and not error.reason.startswith(code)  # no repeated prefix
+            assert isinstance(await receive(ws), wire.Bye)  # the round closed without waiting
+        assert await good == 1
+
+    outcome = with_server(tmp_path, scenario, ["c-1", "c-2"], clients_per_round=2,
+                          deadline_s=60.0)
+    record = outcome.rounds[0]
+    assert record.seconds < 30  # not the deadline
+    (c2,) = [c for c in record.clients if c.client_id == "c-2"]
+    assert (c2.status, c2.code) == ("rejected", code) and c2.reason
+
+
+def test_a_client_told_the_run_was_aborted_does_not_report_success(tmp_path: Path) -> None:
+    trainer = ff.FakeTrainer("c-1", fail_rounds=frozenset({1}))
+
+    async def scenario(server: AggregatorServer, tokens: dict[str, str]) -> None:
+        with pytest.raises(ClientError, match="aborted"):
+            await ff.client(server, "c-1", tokens["c-1"], trainer).run()
+
+    assert not with_server(tmp_path, scenario, ["c-1"], max_attempts=1).completed
 
 
 def test_client_dropping_mid_upload_does_not_stop_the_round(tmp_path: Path) -> None:

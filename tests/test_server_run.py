@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -12,10 +14,12 @@ import torch
 from lpfl import wire
 from lpfl.edge_client.connection import EdgeClient
 from lpfl.errors import ConfigError
+from lpfl.protocol import ClipMode
 from lpfl.server.app import RunOutcome
 from lpfl.server.auth import make_tokens
 from lpfl.server.checkpoint import load_checkpoint
 from lpfl.server.results import RoundRecord
+from lpfl.strategy import ClientUpdate
 from tests import fake_federation as ff
 
 IDS = ["c-1", "c-2", "c-3"]
@@ -23,7 +27,7 @@ IDS = ["c-1", "c-2", "c-3"]
 
 def test_run_matches_in_process_fedavg_and_records_every_round(tmp_path: Path) -> None:
     run = asyncio.run(ff.run_in_process(tmp_path, IDS, rounds=3, clients_per_round=2,
-                                        min_clients=3))
+                                        min_clients=3, clip=ClipMode.OFF))  # plain FedAvg
     assert run.outcome.completed
     expected = ff.reference_state(IDS, rounds=3, clients_per_round=2)
     for name, tensor in expected.items():
@@ -124,3 +128,45 @@ def test_resuming_a_finished_run_returns_at_once(tmp_path: Path) -> None:
     assert [r.round for r in outcome.rounds] == [1, 2]
     for name, tensor in first.outcome.global_state.items():
         torch.testing.assert_close(outcome.global_state[name], tensor)
+
+
+@dataclass
+class PoisonTrainer(ff.FakeTrainer):
+    """An authenticated client that answers every task with finite values near float32's max."""
+
+    def train_round(self, round_number: int, global_state: dict[str, torch.Tensor],
+                    settings: dict[str, Any]) -> ClientUpdate:
+        self.rounds.append(round_number)
+        return ClientUpdate(self.client_id,
+                            {k: torch.full_like(v, 3e38) for k, v in global_state.items()}, 10)
+
+
+def test_one_poisoning_client_cannot_break_the_model_with_default_settings(
+    tmp_path: Path,
+) -> None:
+    ids = [*IDS, "c-9"]
+    honest = {cid: ff.FakeTrainer(cid) for cid in IDS}
+    trainers = {**honest, "c-9": PoisonTrainer("c-9")}
+    run = asyncio.run(ff.run_in_process(tmp_path, ids, rounds=3, clients_per_round=4,
+                                        trainers=trainers))
+    assert run.outcome.completed
+    for tensor in run.outcome.global_state.values():
+        assert bool(torch.isfinite(tensor).all()) and float(tensor.abs().max()) < 4.0
+    assert all(trainer.rounds == [1, 2, 3] for trainer in honest.values())
+    first, *later = run.outcome.rounds
+    # No bound is known in the first round: the guard refuses its aggregate and names the client.
+    assert "exceeds the bound" in first.refused
+    assert first.eval_metrics == {"mean": 0.0}  # the initial state, kept
+    statuses = {c.client_id: (c.status, c.reason) for c in first.clients}
+    assert statuses["c-9"][0] == "discarded" and "update norm" in statuses["c-9"][1]
+    # Then the first round's median norm bounds every update: the poison is clipped, the honest
+    # clients' updates count, and the model moves toward them.
+    for record in later:
+        assert not record.refused
+        rows = {c.client_id: c for c in record.clients}
+        assert rows["c-9"].status == "updated" and rows["c-9"].clipped
+        assert all(rows[cid].status == "updated" for cid in IDS)
+    results = json.loads((tmp_path / "results.json").read_text())["rounds"]
+    assert results[0]["refused"] == first.refused
+    assert [c["status"] for c in results[0]["clients"] if c["client_id"] == "c-9"] == [
+        "discarded"]

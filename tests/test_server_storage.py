@@ -13,12 +13,13 @@ import pytest
 import torch
 
 from lpfl.errors import ConfigError, LpflError
-from lpfl.protocol import RoundRules
+from lpfl.protocol import ClipMode, RoundRules
 from lpfl.results import write_atomically
 from lpfl.server import cli as server_cli
 from lpfl.server.auth import TokenAuthenticator, load_tokens, make_tokens
 from lpfl.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from lpfl.server.results import ClientRecord, JsonResultsWriter, RoundRecord
+from lpfl.strategy import Aggregation
 from lpfl.transport_config import ServerSettings, load_server_config, server_settings_from_dict
 
 RECORD = RoundRecord(
@@ -122,12 +123,16 @@ update-encoding = "int8"
 def test_server_table_loads_beside_the_run_config(tmp_path: Path) -> None:
     path = tmp_path / "run.toml"
     path.write_text(RUN_TOML)
-    config, settings = load_server_config(path, ["server.round.clip-norm=2.5",
+    config, settings = load_server_config(path, ["server.round.clip=absolute",
+                                                 "server.round.clip-norm=2.5",
+                                                 "server.round.aggregation=trimmed-mean",
                                                  "federation.rounds=4", "server.host=0.0.0.0"])
     assert config.federation.rounds == 4
     assert settings == ServerSettings(
         host="0.0.0.0", port=9000, tokens_file="t.json", max_concurrent_uploads=2,
-        round=RoundRules(min_updates=2, deadline_s=30.0, update_encoding="int8", clip_norm=2.5))
+        round=RoundRules(min_updates=2, deadline_s=30.0, update_encoding="int8",
+                         clip=ClipMode.ABSOLUTE, clip_norm=2.5,
+                         aggregation=Aggregation.TRIMMED_MEAN))
 
 
 @pytest.mark.parametrize(
@@ -140,6 +145,13 @@ def test_server_table_loads_beside_the_run_config(tmp_path: Path) -> None:
         ({"round": 3}, "server.round must be a table"),
         ({"round": {"deadline-s": -1}}, "deadline_s"),
         ({"round": {"quorum": 1}}, "unknown key server.round.quorum"),
+        ({"round": {"clip-norm": 1.0}}, 'clip = "absolute"'),
+        ({"round": {"clip": "absolute"}}, 'clip = "absolute"'),
+        ({"round": {"clip": "sometimes"}}, "adaptive, absolute, off"),
+        ({"round": {"aggregation": "mode"}}, "fedavg, median, trimmed-mean, norm-filter"),
+        ({"round": {"trim-fraction": 0.5}}, "trim_fraction"),
+        ({"round": {"norm-multiplier": 0.5}}, "norm_multiplier"),
+        ({"upload-frame-timeout-s": 0}, "upload_frame_timeout_s"),
         ({"certfile": "c.pem"}, "keyfile"),
     ],
 )
