@@ -48,7 +48,9 @@ class ServerSettings:
     memory); other uploaders wait, their data held back by TCP flow control. An uploader holds its
     slot only while its frames keep coming: one that sends no frame for
     ``upload_frame_timeout_s`` (a frame is at most 64 KiB, so this is also a minimum rate) gets
-    ``timeout``, loses its turn and its connection.
+    ``timeout``, loses its turn and its connection. The server pings every connection each
+    ``ping_interval_s`` and closes one that has not answered within ``ping_timeout_s``: clients
+    must keep answering pings while they train.
     """
 
     host: str = "127.0.0.1"
@@ -61,6 +63,7 @@ class ServerSettings:
     max_concurrent_uploads: int = 8
     upload_frame_timeout_s: float = 30.0
     ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
     round: RoundRules = field(default_factory=RoundRules)
 
     def __post_init__(self) -> None:
@@ -73,6 +76,7 @@ class ServerSettings:
             (self.max_concurrent_uploads >= 1, "max_concurrent_uploads must be >= 1"),
             (0 < self.upload_frame_timeout_s < math.inf, "upload_frame_timeout_s must be > 0"),
             (0 < self.ping_interval_s < math.inf, "ping_interval_s must be > 0"),
+            (0 < self.ping_timeout_s < math.inf, "ping_timeout_s must be > 0"),
         )
         for ok, message in checks:
             if not ok:

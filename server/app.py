@@ -172,6 +172,7 @@ class AggregatorServer:
             self._handle, self.settings.host, self.settings.port, ssl=ssl,
             process_request=self._admit, compression=None, max_size=0,
             max_queue=wire.MAX_QUEUED_FRAMES, ping_interval=self.settings.ping_interval_s,
+            ping_timeout=self.settings.ping_timeout_s,
             create_connection=MeteredServerConnection,
         )
         try:
@@ -408,7 +409,7 @@ class AggregatorServer:
                 self._spawn(self._record(action))
             elif isinstance(action, protocol.RoundFailed):
                 logger.warning("%s; outcomes: %s", action.reason,
-                               {c: o.status for c, o in action.outcomes.items()})
+                               {c: str(o.status) for c, o in action.outcomes.items()})
             elif isinstance(action, protocol.RunFinished):
                 self._finish(RunOutcome(True, "finished", action.global_state, self.history))
             else:

@@ -161,3 +161,28 @@ def test_round_settings_reach_the_trainer_unchanged(tmp_path: Path) -> None:
     assert run.outcome.completed
     assert seen == [ff.round_settings(1), ff.round_settings(2)]
     assert run.server.machine.phase is protocol.Phase.FINISHED
+
+
+def test_a_client_training_longer_than_the_ping_timeout_keeps_its_connection(
+    tmp_path: Path,
+) -> None:
+    """Training runs in a worker thread, so the connection keeps answering pings meanwhile."""
+    keepalive: dict[str, Any] = {"ping_interval_s": 0.1, "ping_timeout_s": 0.3}
+    trainer = ff.FakeTrainer("c-1", delays={1: 1.5})  # five ping timeouts
+
+    async def main() -> tuple[int, RunOutcome]:
+        tokens = make_tokens(["c-1"])
+        server = ff.make_server(tmp_path, tokens, rounds=1, clients_per_round=1,
+                                settings=keepalive)
+        serving = asyncio.create_task(server.run())
+        await server.started.wait()
+        client = ff.client(server, "c-1", tokens["c-1"], trainer, **keepalive)
+        # The client gets its own event loop, as in its own process: the server's pings are
+        # answered only if the client's loop stays free while it trains.
+        rounds = await asyncio.to_thread(asyncio.run, client.run())
+        return rounds, await serving
+
+    rounds, outcome = asyncio.run(main())
+    assert rounds == 1 and trainer.rounds == [1]
+    (record,) = outcome.rounds
+    assert record.attempts == 1 and [c.status for c in record.clients] == ["updated"]

@@ -5,6 +5,7 @@ connection) and the run still completes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import tempfile
@@ -26,6 +27,7 @@ from lpfl.edge_client.connection import ClientError
 from lpfl.server.app import AggregatorServer, RunOutcome
 from lpfl.server.auth import make_tokens
 from lpfl.tensors import encode_tensors
+from lpfl.transport_config import ServerSettings
 from tests import fake_federation as ff
 
 CAPS = {"backend": "raw", "cpu_arch": "x86_64", "memory_bytes": 0, "runtime": {}}
@@ -229,6 +231,45 @@ def test_a_refusal_ends_the_clients_turn_at_once_with_its_code(tmp_path: Path,
     assert record.seconds < 30  # not the deadline
     (c2,) = [c for c in record.clients if c.client_id == "c-2"]
     assert (c2.status, c2.code) == ("rejected", code) and c2.reason
+
+
+def test_stalled_uploads_give_their_slots_back_and_honest_uploads_complete(
+    tmp_path: Path,
+) -> None:
+    """As many clients as the default upload slots send an update's first frame and stall."""
+    slots = ServerSettings().max_concurrent_uploads
+    stallers = [f"s-{i}" for i in range(slots)]
+    gate = threading.Event()
+
+    async def scenario(server: AggregatorServer, tokens: dict[str, str]) -> None:
+        trainer = ff.FakeTrainer("c-1", gate=gate)
+        good = asyncio.create_task(ff.client(server, "c-1", tokens["c-1"], trainer).run())
+        async with contextlib.AsyncExitStack() as stack:
+            sockets = [await stack.enter_async_context(raw(server, cid, tokens[cid]))
+                       for cid in stallers]
+            for cid, ws in zip(stallers, sockets, strict=True):
+                await hello(ws, cid)
+            for cid, ws in zip(stallers, sockets, strict=True):
+                task = await receive(ws)
+                assert isinstance(task, wire.Task)
+                await ws.send(next(wire.Update(1, cid, task.tensors, 5).frames(100)))
+            await asyncio.sleep(0.2)  # the server holds every slot now
+            gate.set()  # the honest client trains and uploads
+            assert await good == 1
+            for ws in sockets:
+                error = await receive(ws)
+                assert isinstance(error, wire.Error) and error.code == wire.E_TIMEOUT
+                await closed(ws)
+
+    outcome = with_server(tmp_path, scenario, ["c-1", *stallers], clients_per_round=slots + 1,
+                          settings={"upload_frame_timeout_s": 0.5}, deadline_s=60.0)
+    assert outcome.completed
+    record = outcome.rounds[0]
+    assert record.attempts == 1 and record.seconds < 30  # closed by the replies, not the deadline
+    rows = {c.client_id: c for c in record.clients}
+    assert rows["c-1"].status == "updated"
+    assert {(rows[cid].status, rows[cid].code) for cid in stallers} == {
+        ("rejected", wire.E_TIMEOUT)}
 
 
 def test_a_client_told_the_run_was_aborted_does_not_report_success(tmp_path: Path) -> None:
