@@ -58,8 +58,55 @@ CHECKPOINT_NAME = "checkpoint.safetensors"
 _CLOSE_TIMEOUT_S = 5.0
 
 
+_END_OF_REQUEST = b"\r\n\r\n"
+
+
 class MeteredServerConnection(wire.MeteredProtocol, ServerConnection):
-    """A server connection that counts every byte on its transport (:class:`wire.ByteMeter`)."""
+    """A server connection that counts every byte on its transport (:class:`wire.ByteMeter`) and
+    holds back whatever a peer sends after its upgrade request until :meth:`decide` is called.
+
+    websockets parses frames as soon as the request is in, before the request is authenticated.
+    Held back, frames a client pipelines behind its upgrade request are neither parsed for an
+    unauthenticated peer (it gets ``401``) nor lost for an authenticated one (they are read as
+    if sent after the ``101``). While bytes are held the transport stops reading, so a peer
+    cannot make the server buffer more than one read's worth.
+    """
+
+    _tail = b""
+    """The last bytes of the request seen so far, to find its end across reads."""
+    _held: bytearray | None = None
+    """Bytes after the request's end, while the request is being authenticated."""
+    _decided = False
+
+    def data_received(self, data: bytes) -> None:
+        if self._decided:
+            super().data_received(data)
+        elif self._held is not None:
+            self._held += data
+            self.transport.pause_reading()
+        else:
+            window = self._tail + data
+            end = window.find(_END_OF_REQUEST)
+            if end < 0:
+                self._tail = window[-len(_END_OF_REQUEST) + 1 :]
+                super().data_received(data)
+                return
+            cut = end + len(_END_OF_REQUEST) - len(self._tail)
+            self._held = bytearray(data[cut:])
+            if self._held:
+                self.transport.pause_reading()
+            super().data_received(data[:cut])
+
+    def decide(self, admitted: bool) -> None:
+        """Authentication is done: release the held bytes to the parser if ``admitted`` (after
+        raising the frame size limit), else drop them unread."""
+        held = self._held or b""
+        self._held, self._decided = None, True
+        if admitted:
+            self.protocol.max_message_size = wire.MAX_FRAME_BYTES
+            self.transport.resume_reading()
+            if held:
+                super().data_received(bytes(held))
 
 
 @dataclass
@@ -205,13 +252,11 @@ class AggregatorServer:
 
     def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
         """Authenticate the upgrade request; only then allow frames of up to
-        :data:`wire.MAX_FRAME_BYTES`. Until then the connection's limit is 0 bytes, so frames a
-        peer pipelines behind its request are refused unread (websockets parses buffered data as
-        soon as the request is in, before this hook runs)."""
+        :data:`wire.MAX_FRAME_BYTES` (the limit is 0 bytes until then) and read the frames the
+        peer may have pipelined behind its request (:meth:`MeteredServerConnection.decide`)."""
+        assert isinstance(connection, MeteredServerConnection)
         response = self._authenticate(connection, request)
-        if response is None:
-            # websockets 17 keeps the limit here; serve()'s max_size only sets its initial value.
-            connection.protocol.max_message_size = wire.MAX_FRAME_BYTES
+        connection.decide(response is None)
         return response
 
     async def _handle(self, ws: ServerConnection) -> None:
