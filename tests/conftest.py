@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from lpfl.config import RunConfig, config_from_dict
-
-POSITIVE = ["good", "great", "fine", "best", "love", "fun", "beautiful", "funny", "wonderful"]
-NEGATIVE = ["bad", "awful", "worst", "boring", "dull", "poor", "stupid", "mess", "waste"]
+from lpfl.data.toy import write_toy_csv
 
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
     torch.set_num_threads(1)
-
-
-def write_toy_csv(path: Path, n: int = 400, seed: int = 0) -> Path:
-    """A separable sentiment task: each text is four words from one class's word list."""
-    rng = np.random.default_rng(seed)
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["text", "label"])
-        for i in range(n):
-            label = i % 2
-            words = rng.choice(POSITIVE if label else NEGATIVE, size=4)
-            writer.writerow([" ".join(words), label])
-    return path
 
 
 @pytest.fixture

@@ -1,0 +1,50 @@
+"""The robustness benchmark (``bench/robustness.py``) at a tiny size: it runs end to end, the
+server's defences act on the attackers' updates, and the report says what was lost."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from bench import robustness
+from lpfl.data.toy import write_toy_csv
+from lpfl.simulate import federated_data
+from lpfl.strategy import ClientUpdate
+
+
+def test_attacks_transform_the_honest_change() -> None:
+    global_state = {"w": torch.tensor([1.0, 1.0])}
+    honest = ClientUpdate("c", {"w": torch.tensor([2.0, 1.0])}, 3)
+    generator = torch.Generator().manual_seed(0)
+    scaled = robustness.attacked(honest, global_state, robustness.Attack.SCALED, generator)
+    flipped = robustness.attacked(honest, global_state, robustness.Attack.SIGN_FLIP, generator)
+    noise = robustness.attacked(honest, global_state, robustness.Attack.RANDOM, generator)
+    assert torch.equal(scaled.state["w"], torch.tensor([1.0 + robustness.BOOST, 1.0]))
+    assert torch.equal(flipped.state["w"], torch.tensor([1.0 - robustness.BOOST, 1.0]))
+    assert float((noise.state["w"] - 1.0).norm()) == robustness.BOOST * 1.0
+    assert scaled.num_examples == 3
+
+
+def test_a_tiny_benchmark_runs_and_reports(tmp_path: Path) -> None:
+    config = robustness.bench_config(write_toy_csv(tmp_path / "toy.csv", n=1000), clients=4,
+                                     rounds=2)
+    data = federated_data(config, seed=0)
+    runs = [robustness.run_scenario(config, data, scenario) for scenario in robustness.scenarios(
+        ["fedavg-no-clip", "fedavg-defaults"], [robustness.Attack.SIGN_FLIP], [1])]
+    assert [r["scenario"] for r in runs] == [
+        "fedavg-no-clip/no-attack", "fedavg-defaults/no-attack",
+        "fedavg-no-clip/1xsign-flip", "fedavg-defaults/1xsign-flip"]
+    for run in runs:
+        assert len(run["rounds"]) == 2 and 0 <= run["final_accuracy"] <= 1
+    attacked = runs[-1]["rounds"]
+    assert set(attacked[0]["attackers"]) == {"client-0"}
+    # Clipping adapts from round 1's median norm: the boosted update is clipped in round 2.
+    assert attacked[1]["attackers"]["client-0"]["clipped"]
+    assert not any(r["rounds"][1]["attackers"].get("client-0", {}).get("clipped")
+                   for r in runs[:3])
+    robustness.write_outputs(tmp_path / "out", runs, {"clients": 4})
+    assert len(json.loads((tmp_path / "out" / "results.json").read_text())["runs"]) == 4
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| fedavg-defaults |" in report and "1xsign-flip" in report
