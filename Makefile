@@ -32,7 +32,7 @@ test-slow: env
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -q -m slow
 
 bench-accuracy: env
-	$(BIN)/lpfl bench accuracy --config bench/accuracy.toml --out bench/results/accuracy
+	$(BIN)/lpfl bench accuracy --config bench/accuracy.toml --out runs/bench-accuracy
 
 # Emulated aarch64 clients (root, qemu-user, debootstrap): the arm64 root is built once (10-30 min)
 # and cached in $LPFL_CACHE/arm64-rootfs (default ~/.cache/lpfl); arm-e2e builds it if missing.

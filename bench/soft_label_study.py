@@ -29,7 +29,7 @@ import torch
 
 from lpfl.benchmark import environment
 from lpfl.config import METHODS, RunConfig, config_from_dict, read_toml
-from lpfl.errors import ConfigError
+from lpfl.errors import ConfigError, LpflError
 from lpfl.results import ResultsFile
 from lpfl.simulate import federated_data, run_method
 
@@ -120,7 +120,7 @@ def report(runs: Sequence[Mapping[str, Any]], split: str) -> str:
         group = [r for r in runs if r["variant"] == name and r["split"] == split]
         for index in range(len(group[0]["rounds"])):
             rows = [r["rounds"][index] for r in group if len(r["rounds"]) > index]
-            cells = [_mean([x["accuracy"] for x in rows])]
+            cells = [_mean([x["accuracy"] for x in rows if x["accuracy"] is not None])]
             for field in ROUND_FIELDS:
                 values = [float(x[field]) for x in rows if x.get(field) is not None]
                 cells.append(f"{statistics.fmean(values):.3g}" if values else "–")
@@ -143,10 +143,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if missing:
             raise ConfigError(f"--variants {missing}: not in {args.config} ({list(variants)})")
         seeds = [int(s) for s in args.seeds.split(",")]
-        results = ResultsFile(args.out / "results.json",
-                              {"study": read_toml(args.config), "environment": environment()})
+        base = config_from_dict(table)
+        results = ResultsFile(args.out / "results.json", {
+            "study": read_toml(args.config), "environment": environment(base.model)})
+        results.require_same_config("study file, model or environment")
         run_study(table, [variants[name] for name in chosen], seeds, args.split, results)
-    except ConfigError as exc:
+    except LpflError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     (args.out / "report.md").write_text(report(results.reload(), args.split), encoding="utf-8")

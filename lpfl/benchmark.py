@@ -12,7 +12,8 @@ Fairness rules, applied identically to every method:
   chosen values and every score are written into ``results.json``.
 
 Each finished run is appended to ``results.json`` at once; a rerun skips what is there, so the
-grid can be finished over several sittings.
+grid can be finished over several sittings. A results file made with another config, model or
+environment is refused rather than resumed.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 from lpfl.config import (
     METHODS,
     PARTITIONS,
+    ModelSettings,
     RunConfig,
     build_section,
     config_from_dict,
@@ -103,8 +105,10 @@ class AccuracyBenchmark:
         self.bench = bench
         self.progress = progress
         self.results = ResultsFile(out / "results.json", {
-            "run": config.to_dict(), "bench": _plain_bench(bench), "environment": environment(),
+            "run": config.to_dict(), "bench": _plain_bench(bench),
+            "environment": environment(config.model),
         })
+        self.results.require_same_config("config, model or environment")
 
     def _run(self, kind: str, method: str, shots: int, partition: str, seed: int,
              lr: float | None, threshold: float | None) -> dict[str, Any]:
@@ -161,15 +165,19 @@ def _plain_bench(bench: BenchSettings) -> dict[str, Any]:
     return plain
 
 
-def environment() -> dict[str, Any]:
-    """What the numbers were measured on."""
+def environment(model: ModelSettings) -> dict[str, Any]:
+    """What the numbers were measured with and on: library versions, the machine and the
+    model's weights (:func:`~lpfl.model.loading.source_fingerprint`)."""
     import peft
     import transformers
+
+    from lpfl.model.loading import source_fingerprint
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor()
     return {"torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "python": platform.python_version(),
-            "machine": platform.machine(), "device": device}
+            "machine": platform.machine(), "device": device,
+            "model": source_fingerprint(model)}
 
 
 Setting = tuple[int, str]  # (shots per class, partition)

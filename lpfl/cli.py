@@ -42,9 +42,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.fresh:
         results_path.unlink(missing_ok=True)
     results = ResultsFile(results_path, config.to_dict())
-    if results.runs and ResultsFile.load_config(results_path) != config.to_dict():
-        raise LpflError(f"{results_path} holds runs made with a different config; "
-                        "pass --fresh to start over or choose another --out")
+    results.require_same_config()
     for seed in config.run.seeds:
         data = None
         for method in config.run.methods:
@@ -135,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     acc.add_argument("--config", required=True, help="benchmark TOML (run sections + [bench])")
     acc.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="SECTION.KEY=VALUE", help="override one run config value")
-    acc.add_argument("--out", default="bench/results/accuracy", help="output folder")
+    acc.add_argument("--out", default="runs/bench-accuracy",
+                     help="output folder (resumes the runs there if they were made with the "
+                          "same config, model and environment)")
     acc.add_argument("--only", help="comma-separated subset of bench.methods for this process "
                      "(run several processes on one --out to split the grid)")
     acc.set_defaults(func=cmd_bench_accuracy)

@@ -248,6 +248,9 @@ class RunSettings:
     seeds: tuple[int, ...] = (0,)
     threads: int = 1
     eval_batch_size: int = 32
+    eval_every: int = 1
+    """Evaluate the global model after every ``eval_every``-th round and always after the last
+    (0: after the last only; evaluation is most of a CPU round's time)."""
     device: str = "cpu"
     """``cpu``, ``cuda`` or ``auto`` (cuda when available): where simulation computes."""
 
@@ -259,6 +262,7 @@ class RunSettings:
         _require(len(self.seeds) > 0, "run.seeds is empty: give at least one seed")
         _require(self.threads >= 1, f"run.threads={self.threads} must be >= 1")
         _require(self.eval_batch_size >= 1, "run.eval_batch_size must be >= 1")
+        _require(self.eval_every >= 0, f"run.eval_every={self.eval_every} must be >= 0")
         _require(self.device in ("cpu", "cuda", "auto"),
                  f"run.device={self.device!r}: use 'cpu', 'cuda' or 'auto'")
 

@@ -66,7 +66,7 @@ def _mean_curve(group: Sequence[Run], field: str) -> tuple[list[int], list[float
     per_round: dict[int, list[float]] = defaultdict(list)
     for run in group:
         for record in run["rounds"]:
-            if record["round"] > 0:
+            if record["round"] > 0 and record.get(field) is not None:
                 per_round[record["round"]].append(float(record[field]))
     xs = sorted(per_round)
     return xs, [statistics.fmean(per_round[x]) for x in xs]
@@ -137,9 +137,9 @@ def write_report(out_dir: Path, title: str = "lpfl simulation") -> Path:
               "|---|---|---|---|---|---|---|---|"]
     for run in runs:
         for x in run["rounds"]:
-            soft_acc = x.get("soft_label_accuracy")
+            acc, soft_acc = x.get("accuracy"), x.get("soft_label_accuracy")
             lines.append(f"| {run['method']} | {run['seed']} | {x['round']} | "
-                         f"{x['accuracy']:.3f} | {x['soft_labels_added']} | "
+                         f"{'-' if acc is None else f'{acc:.3f}'} | {x['soft_labels_added']} | "
                          f"{'-' if soft_acc is None else f'{soft_acc:.3f}'} | "
                          f"{human_bytes(x['uplink_bytes'])} | {x['seconds']:.1f} |")
     path = out_dir / "report.md"

@@ -68,6 +68,20 @@ class ResultsFile:
         """The config stored with the runs in ``path``."""
         return json.loads(path.read_text(encoding="utf-8")).get("config")
 
+    def require_same_config(self, what: str = "config") -> None:
+        """Refuse to add runs to a file whose stored config differs from this one: a resumed
+        run must not mix results of another model, setting or environment. The error names the
+        first differing keys."""
+        if not self.path.is_file():
+            return
+        stored = self.load_config(self.path)
+        if stored == self.config:
+            return
+        differing = _differences(stored, self.config)
+        shown = "; ".join(differing[:4]) + (" …" if len(differing) > 4 else "")
+        raise LpflError(f"{self.path} holds runs made with a different {what} ({shown}); "
+                        "choose another --out, or delete the file to start over")
+
     def reload(self) -> list[dict[str, Any]]:
         """Re-read the runs on disk (another process may have added some)."""
         self.runs = self._read()
@@ -83,3 +97,14 @@ class ResultsFile:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self.runs = [*self._read(), dict(run)]
             write_json_atomic(self.path, {"config": self.config, "runs": self.runs})
+
+
+def _differences(old: Any, new: Any, where: str = "") -> list[str]:
+    """Dotted paths where two JSON-like values differ, with both values."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        found = []
+        for key in sorted(set(old) | set(new), key=str):
+            path = f"{where}.{key}" if where else str(key)
+            found += _differences(old.get(key), new.get(key), path)
+        return found
+    return [] if old == new else [f"{where or 'config'}: {old!r} then, {new!r} now"]

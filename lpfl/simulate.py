@@ -211,7 +211,9 @@ def federate(config: RunConfig, method: str, seed: int, data: FederatedData,
                    for u, (state, _) in zip(replies, received, strict=True)]
         global_state = strategy.aggregate(updates)
         load_trainable_state(pm, global_state)
-        acc = evaluate(pm)
+        every = config.run.eval_every
+        due = r == config.federation.rounds or (every > 0 and r % every == 0)
+        acc = evaluate(pm) if due else None
         uplink = 0 if centralized else sum(nbytes for _, nbytes in received)
         downlink = 0 if centralized else len(updates) * down_bytes
         record = {
@@ -222,8 +224,9 @@ def federate(config: RunConfig, method: str, seed: int, data: FederatedData,
             "seconds": time.perf_counter() - started,
         }
         rounds.append(record)
-        progress(f"[{method} seed {seed}] round {r}/{config.federation.rounds}: "
-                 f"accuracy {acc:.3f}, loss {record['train_loss']:.3f}, "
+        shown = "not evaluated" if acc is None else f"accuracy {acc:.3f}"
+        progress(f"[{method} seed {seed}] round {r}/{config.federation.rounds}: {shown}, "
+                 f"loss {record['train_loss']:.3f}, "
                  f"soft labels {record['soft_labels_added']}, uplink {uplink:,} B "
                  f"({record['seconds']:.1f} s)")
     run = {"method": method, "seed": seed, "final_accuracy": rounds[-1]["accuracy"],

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -41,6 +42,11 @@ from tests.test_launch import RUN
 
 SETTINGS = {"seed": 3, "local_steps": 4, "batch_size": 4, "lr": 0.01,
             "soft_label_budget": 4, "soft_label_threshold": 0.0, "soft_label_balanced": False}
+TEACHER_SETTINGS = {**SETTINGS, "soft_label_teacher_patterns": ["Text: {text}\nVerdict:"],
+                    "soft_label_target": "distribution", "soft_label_temperature": 0.5,
+                    "soft_label_gold_share": 0.5}
+"""A teacher of two patterns (the exported program scores the second one too: a pattern is
+text), sharpened targets and half of every batch labeled."""
 
 
 @pytest.fixture(scope="module")
@@ -69,15 +75,19 @@ def _global_state(run: RunConfig) -> dict[str, torch.Tensor]:
             for name, t in trainable_state(_eager(run)).items()}
 
 
-def test_program_client_computes_the_eager_round(artefact: tuple[Path, RunConfig]) -> None:
+@pytest.mark.parametrize("settings", [SETTINGS, TEACHER_SETTINGS], ids=["default", "teacher"])
+def test_program_client_computes_the_eager_round(artefact: tuple[Path, RunConfig],
+                                                 settings: dict[str, Any]) -> None:
     folder, run = artefact
     runtime = program_runtime("executorch", folder, "tiny-llama", lambda: _eager(run))
     assert (runtime.backend, runtime.training) == ("executorch", "executorch")
     state = _global_state(run)
-    eager = _client(_eager(run)).train_round(1, state, SETTINGS)
-    program = _client(runtime).train_round(1, state, SETTINGS)
+    eager = _client(_eager(run)).train_round(1, state, settings)
+    program = _client(runtime).train_round(1, state, settings)
     assert program.num_examples == eager.num_examples == 16
     assert program.metrics["soft_labels_added"] == eager.metrics["soft_labels_added"] == 4
+    for key in ("gold_share", "teacher_pool_correct", "student_pool_correct"):
+        assert program.metrics[key] == eager.metrics[key]
     assert program.metrics["train_loss"] == pytest.approx(eager.metrics["train_loss"], abs=1e-4)
     for name, tensor in eager.state.items():
         torch.testing.assert_close(program.state[name], tensor, atol=1e-4, rtol=1e-3)
@@ -113,9 +123,10 @@ def test_onnx_backend_scores_with_its_program_and_trains_eagerly() -> None:
     runtime = program_runtime("onnxruntime", folder, "tiny-llama", lambda: _eager(run))
     assert (runtime.backend, runtime.training) == ("onnxruntime", "eager")
     state = _global_state(run)
-    eager = _client(_eager(run)).train_round(1, state, SETTINGS)
-    onnx = _client(runtime).train_round(1, state, SETTINGS)
+    eager = _client(_eager(run)).train_round(1, state, TEACHER_SETTINGS)
+    onnx = _client(runtime).train_round(1, state, TEACHER_SETTINGS)
     assert onnx.metrics["soft_labels_added"] == eager.metrics["soft_labels_added"]
+    assert onnx.metrics["teacher_pool_correct"] == eager.metrics["teacher_pool_correct"]
     for name, tensor in eager.state.items():
         torch.testing.assert_close(onnx.state[name], tensor, atol=1e-4, rtol=1e-3)
 

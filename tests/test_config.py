@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from lpfl.config import RunConfig, load_config
+from lpfl.config import RunConfig, SoftTarget, config_from_dict, load_config
 from lpfl.errors import ConfigError
 
 
@@ -32,6 +32,12 @@ def test_toml_with_dashes_and_overrides(tmp_path: Path) -> None:
     ("lora.colour=3", "unknown key lora.colour"),
     ("prompt.pattern='no placeholder'", "must contain {text} exactly once"),
     ("soft_labels.threshold=1.5", "must be between 0 and 1"),
+    ("soft_labels.gold_share=-0.1", "soft_labels.gold_share=-0.1 must be between 0 and 1"),
+    ("soft_labels.temperature=0", "soft_labels.temperature=0.0 must be > 0"),
+    ("soft_labels.target='kl'", "soft_labels.target='kl': use one of distribution, argmax"),
+    ("soft_labels.loss='kl'", "unknown key soft_labels.loss"),
+    ("soft_labels.teacher_patterns=['no text']", "teacher_patterns: every pattern must contain"),
+    ("run.eval_every=-1", "run.eval_every=-1 must be >= 0"),
     ("federation.clients_per_round=9", "exceeds data.num_clients=4"),
     ("rounds=3", "needs a section"),
 ])
@@ -48,6 +54,16 @@ def test_missing_and_invalid_files(tmp_path: Path) -> None:
     bad.write_text("[model\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+
+
+def test_soft_label_teacher_settings_load_and_round_trip() -> None:
+    config = load_config(None, ["soft_labels.target='argmax'", "soft_labels.gold_share=0.5",
+                                "soft_labels.teacher_patterns=['A: {text} B:']"])
+    assert config.soft_labels.target is SoftTarget.ARGMAX
+    assert config.soft_labels.teacher_patterns == ("A: {text} B:",)
+    plain = config.to_dict()
+    assert plain["soft_labels"]["target"] == "argmax"
+    assert config_from_dict(plain) == config
 
 
 def test_soft_label_budget_grows_then_caps() -> None:

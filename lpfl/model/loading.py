@@ -13,6 +13,7 @@ Sources:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import logging
@@ -132,6 +133,21 @@ def model_id_of(settings: ModelSettings) -> str:
     return path.name if path.is_dir() else path.stem
 
 
+def source_fingerprint(settings: ModelSettings) -> str:
+    """What identifies the weights a source loads, without loading them: the model id plus, for
+    a GGUF file, its cache key (name, size, first megabyte) or, for a folder, a digest of its
+    config.json. Results made with one fingerprint are not resumed with another."""
+    model_id = model_id_of(settings)
+    if settings.source in tiny.TINY_MODELS:
+        return model_id
+    path = smollm2_gguf() if settings.source == "smollm2" else Path(settings.source).expanduser()
+    if path.is_dir():
+        config = path / "config.json"
+        digest = hashlib.sha256(config.read_bytes() if config.is_file() else b"").hexdigest()
+        return f"{model_id}:{digest[:16]}"
+    return f"{model_id}:{_file_key(path)}" if path.is_file() else model_id
+
+
 def resolve_folder(settings: ModelSettings) -> tuple[Path, str]:
     """The local HF folder for a GGUF/folder source (de-quantizing on first use) and its id."""
     source = settings.source
@@ -150,8 +166,19 @@ def resolve_folder(settings: ModelSettings) -> tuple[Path, str]:
         gguf = path
     target = _cache_root(settings) / _file_key(gguf)
     if not (target / "config.json").is_file():
-        _dequantize_to_folder(gguf, target)
+        _dequantize_once(gguf, target)
     return target, model_id
+
+
+def _dequantize_once(gguf: Path, target: Path) -> None:
+    """De-quantize into ``target`` unless another process did while we waited: processes that
+    load the same GGUF for the first time at once take turns on a lock file beside the cache
+    folder, and the later ones find the folder written."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with (target.parent / (target.name + ".lock")).open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / "config.json").is_file():
+            _dequantize_to_folder(gguf, target)
 
 
 def load_base_model(settings: ModelSettings) -> BaseModel:
