@@ -9,8 +9,9 @@ is sent to the server as a ``training_failed`` error and the client waits for th
 When the connection fails (server restarting, network gone, the process behind it killed) the
 client reconnects with jittered exponential backoff and rejoins at the next round. It stops when
 the server says ``bye``, when the server refuses it for good (HTTP 401, an untrusted TLS
-certificate, or an error code in :data:`lpfl.wire.FATAL_CODES`), or after ``give_up_after_s``
-without a successful hello.
+certificate, or an error code in :data:`lpfl.wire.FATAL_CODES`, among them ``aborted``: the run
+stopped early, which the client reports as a failure), or after ``give_up_after_s`` without a
+successful hello.
 """
 
 from __future__ import annotations
@@ -221,6 +222,8 @@ class EdgeClient:
             logger.info("client %s: server accepted %s (round %d, %s)", cid, message.of,
                         message.round, dict(message.detail))
         elif isinstance(message, wire.Error):
+            if message.code == wire.E_ABORTED:
+                raise ClientError(f"the server aborted the run: {message.reason}")
             if message.code in wire.FATAL_CODES:
                 raise ClientError(f"the server refused client {cid}: {message.code}: "
                                   f"{message.reason}")
