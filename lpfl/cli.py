@@ -59,20 +59,30 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_bench_accuracy(args: argparse.Namespace) -> int:
     import torch
 
-    from lpfl.benchmark import AccuracyBenchmark, load_bench, write_bench_report
+    from lpfl.benchmark import AccuracyBenchmark, load_bench, update_readme, write_bench_report
+    from lpfl.results import ResultsFile
 
-    config, bench = load_bench(Path(args.config), args.overrides)
-    torch.set_num_threads(config.run.threads)
     out = Path(args.out)
-    benchmark = AccuracyBenchmark(config, bench, out)
-    only = args.only.split(",") if args.only else list(bench.methods)
-    unknown = set(only) - set(bench.methods)
-    if unknown:
-        raise LpflError(f"--only {sorted(unknown)}: not among bench.methods {bench.methods}")
-    benchmark.run(only)
-    report = write_bench_report(out, benchmark.results.runs, bench.methods,
-                                benchmark.results.config)
-    print(f"wrote {benchmark.results.path} and {report}")
+    if not args.report_only:
+        if not args.config:
+            raise LpflError("lpfl bench accuracy needs --config BENCH.toml (or --report-only)")
+        config, bench = load_bench(Path(args.config), args.overrides)
+        torch.set_num_threads(config.run.threads)
+        benchmark = AccuracyBenchmark(config, bench, out)
+        only = args.only.split(",") if args.only else list(bench.methods)
+        unknown = set(only) - set(bench.methods)
+        if unknown:
+            raise LpflError(f"--only {sorted(unknown)}: not among bench.methods {bench.methods}")
+        benchmark.run(only)
+    path = out / "results.json"
+    if not path.is_file():
+        raise LpflError(f"{path} does not exist: run the benchmark into --out first")
+    stored = ResultsFile.load_config(path)
+    runs = ResultsFile(path, stored).runs
+    report = write_bench_report(out, runs, stored)
+    if args.readme:
+        update_readme(Path(args.readme), out, runs, stored)
+    print(f"wrote {path} and {report}")
     return 0
 
 
@@ -130,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="benchmarks (resumable; results.json + report.md)")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     acc = bench_sub.add_parser("accuracy", help="methods × shots × partitions × seeds grid")
-    acc.add_argument("--config", required=True, help="benchmark TOML (run sections + [bench])")
+    acc.add_argument("--config", help="benchmark TOML (run sections + [bench]); not needed "
+                     "with --report-only")
     acc.add_argument("--set", dest="overrides", action="append", default=[],
                      metavar="SECTION.KEY=VALUE", help="override one run config value")
     acc.add_argument("--out", default="runs/bench-accuracy",
@@ -138,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "same config, model and environment)")
     acc.add_argument("--only", help="comma-separated subset of bench.methods for this process "
                      "(run several processes on one --out to split the grid)")
+    acc.add_argument("--report-only", action="store_true",
+                     help="only rewrite report.md (and --readme) from --out's results.json")
+    acc.add_argument("--readme", help="also rewrite this file's accuracy-benchmark block")
     acc.set_defaults(func=cmd_bench_accuracy)
     return parser
 

@@ -307,6 +307,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     """Check ``value`` against a field annotation, converting lists to tuples and ints to floats."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
+    if annotation is Any:  # checked where it is used (e.g. a value for another setting)
+        return value
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where} must be a number, got {value!r}")
@@ -405,6 +407,16 @@ def read_toml(path: str | Path) -> dict[str, Any]:
         return tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+
+
+def with_values(config: RunConfig, values: Mapping[str, Any]) -> RunConfig:
+    """``config`` with ``{"section.key": value}`` replaced, validated like a run file."""
+    table = config.to_dict()
+    for dotted, value in values.items():
+        if "." not in dotted:
+            raise ConfigError(f"{dotted!r}: a key needs its section, e.g. federation.lr")
+        _set_path(table, dotted, _plain(value))
+    return config_from_dict(table)
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:

@@ -51,7 +51,7 @@ class ResultsFile:
 
     def __init__(self, path: Path, config: Mapping[str, Any]) -> None:
         self.path = path
-        self.config = dict(config)
+        self.config: dict[str, Any] = json.loads(json.dumps(config))  # as it will be stored
         self.runs: list[dict[str, Any]] = self._read()
 
     def _read(self) -> list[dict[str, Any]]:
