@@ -5,11 +5,14 @@ Usage::
     nice -n 19 python bench/robustness.py --out bench/results/robustness
     nice -n 19 python bench/robustness.py --out /tmp/r --rounds 2 --clients 4 --attackers 1 \
         --attacks scaled --defences fedavg-defaults
+    nice -n 19 python bench/robustness.py --config configs/smoke.toml --out /tmp/smollm2 \
+        --set data.shots_per_class=20 --attacks sign-flip --attackers 1
 
-Ten LP-FL clients (a tiny Llama from config, LoRA adapters, the separable toy task of
-:mod:`lpfl.data.toy`) train every round through the server's own round state machine
-(:class:`lpfl.protocol.RoundMachine`, in process, no sockets), so norm clipping, the guard and
-the aggregation rule are exactly the server's. 1 or 3 of them are attackers that, every round,
+Ten LP-FL clients (by default a tiny Llama from config, LoRA adapters, the separable toy task of
+:mod:`lpfl.data.toy`; with ``--config``, that run file's model, data and settings) train every
+round through the server's own round state machine (:class:`lpfl.protocol.RoundMachine`, in
+process, no sockets), so norm clipping, the guard and the aggregation rule are exactly the
+server's. 1 or 3 of them are attackers that, every round,
 send one of:
 
 - ``scaled``: their honestly trained change from the global state, times :data:`BOOST`;
@@ -44,7 +47,7 @@ from typing import Any
 import torch
 
 from lpfl import protocol, wire
-from lpfl.config import RunConfig, config_from_dict
+from lpfl.config import RunConfig, config_from_dict, load_config
 from lpfl.data import FederatedData
 from lpfl.data.toy import write_toy_csv
 from lpfl.edge_client.local_round import LocalClient
@@ -73,6 +76,12 @@ DEFENCES: dict[str, RoundRules] = {
     "trimmed-mean": RoundRules(aggregation=Aggregation.TRIMMED_MEAN, trim_fraction=0.3),
     "norm-filter": RoundRules(aggregation=Aggregation.NORM_FILTER),
 }
+
+
+def sized(clients: int, rounds: int) -> list[str]:
+    """Overrides that make every one of ``clients`` clients train in each of ``rounds`` rounds."""
+    return [f"data.num_clients={clients}", f"federation.clients_per_round={clients}",
+            f"federation.rounds={rounds}"]
 
 
 def bench_config(data_file: Path, clients: int, rounds: int) -> RunConfig:
@@ -224,6 +233,10 @@ def write_outputs(out: Path, runs: Sequence[Mapping[str, Any]], meta: Mapping[st
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--config", type=Path,
+                        help="run file to use instead of the tiny model on the toy task")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE", help="override a --config value")
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--attackers", default="1,3", help="attacker counts, comma-separated")
@@ -238,8 +251,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     attacks = [Attack(a) for a in args.attacks.split(",")]
     counts = [int(k) for k in args.attackers.split(",")]
     with tempfile.TemporaryDirectory() as folder:
-        config = bench_config(write_toy_csv(Path(folder) / "toy.csv", n=1000), args.clients,
-                              args.rounds)
+        if args.config is None:
+            config = bench_config(write_toy_csv(Path(folder) / "toy.csv", n=1000),
+                                  args.clients, args.rounds)
+        else:
+            config = load_config(args.config, [*args.overrides,
+                                               *sized(args.clients, args.rounds)])
+            torch.set_num_threads(config.run.threads)
         data = federated_data(config, seed=0)
         meta = {"clients": args.clients, "rounds": args.rounds, "boost": BOOST,
                 "config": config.to_dict(), "environment": environment()}

@@ -48,3 +48,22 @@ def test_a_tiny_benchmark_runs_and_reports(tmp_path: Path) -> None:
     assert len(json.loads((tmp_path / "out" / "results.json").read_text())["runs"]) == 4
     report = (tmp_path / "out" / "report.md").read_text()
     assert "| fedavg-defaults |" in report and "1xsign-flip" in report
+
+
+def test_the_command_runs_a_run_file_with_overrides(tmp_path: Path) -> None:
+    data = write_toy_csv(tmp_path / "toy.csv", n=600)
+    run_file = tmp_path / "run.toml"
+    run_file.write_text(
+        f'[model]\nsource = "tiny-llama"\nmax_length = 48\n'
+        f'[data]\ndataset = "{data}"\ntest_size = 100\nvalidation_size = 0\n'
+        f"unlabeled_per_client = 8\n"
+        f'[run]\nmethods = ["lp-fl"]\nthreads = 1\n')
+    out = tmp_path / "out"
+    assert robustness.main(["--config", str(run_file), "--set", "data.shots_per_class=6",
+                            "--out", str(out), "--clients", "3", "--rounds", "1",
+                            "--attackers", "1", "--attacks", "random",
+                            "--defences", "median"]) == 0
+    document = json.loads((out / "results.json").read_text())
+    assert [r["scenario"] for r in document["runs"]] == ["median/no-attack", "median/1xrandom"]
+    assert document["meta"]["config"]["data"]["num_clients"] == 3
+    assert document["meta"]["config"]["data"]["shots_per_class"] == 6
