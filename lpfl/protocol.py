@@ -57,8 +57,10 @@ class ClipMode(enum.Enum):
     ``ADAPTIVE`` (the default): to ``norm_multiplier`` times the median accepted update norm of
     the latest attempt that had updates (the previous round, or this round's failed attempt);
     in a run's first attempt, which has no such median yet, the guard bounds the aggregate's
-    step by ``norm_multiplier`` times the attempt's own median instead. ``ABSOLUTE``: to
-    ``clip_norm``. ``OFF``: not at all (the guard still refuses a non-finite aggregate).
+    step by ``norm_multiplier`` times the attempt's own median instead. A median of 0 (most
+    updates changed nothing) bounds nothing, so a run cannot get stuck at its state.
+    ``ABSOLUTE``: to ``clip_norm``. ``OFF``: not at all (the guard still refuses a non-finite
+    aggregate).
     """
 
     ADAPTIVE = "adaptive"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
@@ -44,17 +45,26 @@ class RawWebSocket:
         self._task = asyncio.create_task(self._read_loop())
 
     @classmethod
-    async def open(cls, port: int, headers: Mapping[str, str],
-                   pipelined: bytes = b"") -> RawWebSocket:
+    async def open(cls, port: int, headers: Mapping[str, str], pipelined: bytes = b"",
+                   split: int = 0) -> RawWebSocket:
         """Upgrade, sending ``pipelined`` frames right behind the request (the document says
-        an authenticated request's early frames are read as if sent after the 101)."""
+        an authenticated request's early frames are read as if sent after the 101); with
+        ``split``, the bytes go in two writes, the first ending ``split`` bytes before the end
+        of the request."""
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         key = base64.b64encode(os.urandom(16))
         lines = [b"GET / HTTP/1.1", b"Host: 127.0.0.1", b"Upgrade: websocket",
                  b"Connection: Upgrade", b"Sec-WebSocket-Key: " + key,
                  b"Sec-WebSocket-Version: 13"]
         lines += [f"{name}: {value}".encode() for name, value in headers.items()]
-        writer.write(b"\r\n".join(lines) + b"\r\n\r\n" + pipelined)
+        request = b"\r\n".join(lines) + b"\r\n\r\n"
+        data = request + pipelined
+        if split:
+            writer.write(data[: len(request) - split])
+            await writer.drain()
+            await asyncio.sleep(0.05)
+            data = data[len(request) - split :]
+        writer.write(data)
         response = await reader.readuntil(b"\r\n\r\n")
         assert response.startswith(b"HTTP/1.1 101"), response
         accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
@@ -162,7 +172,8 @@ def encode(state: Mapping[str, np.ndarray], encoding: str) -> bytes:
     return st_save(tensors, metadata=metadata)
 
 
-async def document_client(port: int, client_id: str, token: str, train_s: float) -> list[int]:
+async def document_client(port: int, client_id: str, token: str, train_s: float,
+                          split: int = 0) -> list[int]:
     """Hello (pipelined behind the upgrade), then answer every task until bye: the first by
     ``training_failed``, each later one with the state moved halfway to :data:`TARGET`, trained
     for ``train_s`` in a worker thread while the reader task keeps answering pings. Returns the
@@ -171,7 +182,7 @@ async def document_client(port: int, client_id: str, token: str, train_s: float)
     hello = message("hello", 0, client_id, {"capabilities": caps})
     ws = await RawWebSocket.open(
         port, {"X-LPFL-Client-Id": client_id, "Authorization": f"Bearer {token}"},
-        pipelined=b"".join(RawWebSocket.frame(f) for f in hello))
+        pipelined=b"".join(RawWebSocket.frame(f) for f in hello), split=split)
     header, _ = await receive(ws)
     assert (header["type"], header["body"]["of"]) == ("ack", "hello")
     tasks = []
@@ -199,7 +210,10 @@ async def document_client(port: int, client_id: str, token: str, train_s: float)
     return tasks
 
 
-def test_a_client_written_from_the_document_alone_completes_a_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("split", [0, 2])
+def test_a_client_written_from_the_document_alone_completes_a_run(tmp_path: Path,
+                                                                   split: int) -> None:
+    """``split=2``: the request's final CRLF arrives with the pipelined hello, in a later read."""
     keepalive = {"ping_interval_s": 0.1, "ping_timeout_s": 0.5}
 
     async def main() -> tuple[list[int], RunOutcome]:
@@ -212,7 +226,7 @@ def test_a_client_written_from_the_document_alone_completes_a_run(tmp_path: Path
         assert server.port is not None
         # Its own event loop, as in another process: pings are answered only by its reader.
         tasks = await asyncio.to_thread(asyncio.run, document_client(
-            server.port, "doc-1", tokens["doc-1"], train_s=1.0))
+            server.port, "doc-1", tokens["doc-1"], train_s=1.0, split=split))
         return tasks, await asyncio.wait_for(serving, 20)
 
     tasks, outcome = asyncio.run(main())
