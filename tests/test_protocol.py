@@ -316,6 +316,9 @@ def test_a_resumed_machine_clips_with_the_recorded_median_norm() -> None:
     closed = only(m.handle(update("c1", 2, 10.0)), p.RoundClosed)
     assert closed.outcomes["c1"].clipped and not closed.refused
     assert p.median_norm([]) is None
+    stuck = p.RoundMachine(FedAvg(1, 0, settings_for), GLOBAL, rules, rounds=3, first_round=2,
+                           median_norm=0.0)
+    assert stuck.clip_bound() is None  # a zero median must not freeze the model
 
 
 def test_the_guard_keeps_the_last_good_state_and_names_the_outlier() -> None:
