@@ -55,10 +55,10 @@ class ClipMode(enum.Enum):
     bounded before aggregation.
 
     ``ADAPTIVE`` (the default): to ``norm_multiplier`` times the median accepted update norm of
-    the latest attempt that had updates (the previous round, or this round's failed attempt);
-    in a run's first attempt, which has no such median yet, the guard bounds the aggregate's
-    step by ``norm_multiplier`` times the attempt's own median instead. A median of 0 (most
-    updates changed nothing) bounds nothing, so a run cannot get stuck at its state.
+    the latest attempt that had updates (the previous round, or this round's failed attempt).
+    The guard also bounds every aggregate's step by ``norm_multiplier`` times the attempt's own
+    median; in a run's first attempt, which has no earlier median, that is the only bound. A
+    median of 0 (most updates changed nothing) bounds nothing, so a run cannot get stuck.
     ``ABSOLUTE``: to ``clip_norm``. ``OFF``: not at all (the guard still refuses a non-finite
     aggregate).
     """
