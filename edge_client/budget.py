@@ -24,9 +24,10 @@ import torch
 from lpfl.android_harness.profiles import load_device_profile
 from lpfl.config import RunConfig
 from lpfl.errors import LpflError
+from lpfl.task import TaskSettings
 from lpfl.training import batch_plan, hard_example
 
-from .local_round import LocalClient, RoundTask
+from .local_round import LocalClient
 from .trainer_api import peak_rss_bytes
 
 logger = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def round_probe(client: LocalClient, batch_size: int, max_length: int) -> Callab
         longest = max((e.text for e in client.labeled), key=len)
         repeats = max_length // max(len(longest.split()), 1) + 1
         text = " ".join([longest] * repeats)  # at least max_length words: truncated to fit
-        task = RoundTask(round=0, seed=0, local_steps=1, batch_size=batch_size, lr=0.0)
+        task = TaskSettings(seed=0, local_steps=1, batch_size=batch_size, lr=0.0)
         saved = runtime.trainer.state()
         with torch.random.fork_rng():
             runtime.scorer.score([text] * client.eval_batch_size, client.eval_batch_size)

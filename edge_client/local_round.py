@@ -18,51 +18,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from lpfl.config import SoftTarget
 from lpfl.data import Example
 from lpfl.edge_client.backends import ClientRuntime
 from lpfl.edge_client.trainer_api import device_capabilities
 from lpfl.model.prompt import PromptModel
 from lpfl.softlabels import members_agree, select_confident, soft_targets, teacher_log_probs
 from lpfl.strategy import ClientUpdate
+from lpfl.task import TaskSettings
 from lpfl.training import TrainExample, batch_plan, gold_fraction, hard_example
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class RoundTask:
-    """The settings a server sends with each round's task (plain values: they go on the wire)."""
-
-    round: int
-    seed: int
-    local_steps: int
-    batch_size: int
-    lr: float
-    soft_label_budget: int = 0
-    soft_label_threshold: float = 0.8
-    soft_label_balanced: bool = True
-    soft_label_weight: float = 1.0
-    soft_label_gold_share: float = 0.0
-    soft_label_target: str = SoftTarget.DISTRIBUTION.value
-    soft_label_temperature: float = 1.0
-    soft_label_teacher_patterns: tuple[str, ...] = ()
-    soft_label_agreement: bool = False
-    weight_decay: float = 0.0
-
-    @classmethod
-    def from_settings(cls, round_number: int, settings: Mapping[str, Any]) -> RoundTask:
-        known = {k: v for k, v in settings.items() if k in cls.__dataclass_fields__}
-        known["round"] = round_number
-        if "soft_label_teacher_patterns" in known:
-            known["soft_label_teacher_patterns"] = tuple(known["soft_label_teacher_patterns"])
-        return cls(**known)
 
 
 class LocalClient:
@@ -92,22 +62,22 @@ class LocalClient:
         caps["training"] = rt.training
         return caps
 
-    def soft_label(self, task: RoundTask) -> tuple[list[TrainExample], dict[str, float]]:
+    def soft_label(self, task: TaskSettings) -> tuple[list[TrainExample], dict[str, float]]:
         """Pseudo-label the unlabeled pool with the current (global) model as the teacher."""
         if task.soft_label_budget <= 0 or not self.unlabeled:
             return [], {"soft_labels_added": 0.0}
+        rule = task.soft_labels
         texts = [e.text for e in self.unlabeled]
         scorer = self.runtime.scorer
         members = [scorer.score(texts, self.eval_batch_size, pattern)
-                   for pattern in (None, *task.soft_label_teacher_patterns)]
+                   for pattern in (None, *rule.teacher_patterns)]
         teacher = teacher_log_probs(members)
-        eligible = members_agree(members) if task.soft_label_agreement else None
-        chosen = select_confident(teacher.exp(), task.soft_label_budget,
-                                  task.soft_label_threshold, task.soft_label_balanced, eligible)
-        targets = soft_targets(teacher[chosen], SoftTarget(task.soft_label_target),
-                               task.soft_label_temperature)
-        soft = [TrainExample(texts[i], tuple(float(p) for p in row),
-                             weight=task.soft_label_weight, soft=True)
+        eligible = members_agree(members) if rule.agreement else None
+        chosen = select_confident(teacher.exp(), task.soft_label_budget, rule.threshold,
+                                  rule.balanced, eligible)
+        targets = soft_targets(teacher[chosen], rule.target, rule.temperature)
+        soft = [TrainExample(texts[i], tuple(float(p) for p in row), weight=rule.weight,
+                             soft=True)
                 for i, row in zip(chosen, targets, strict=True)]
         metrics = {"soft_labels_added": float(len(chosen))}
         metrics.update(self._hidden_label_checks(chosen, teacher, members[0]))
@@ -135,7 +105,7 @@ class LocalClient:
     def train_round(self, round_number: int, global_state: Mapping[str, torch.Tensor],
                     settings: Mapping[str, Any]) -> ClientUpdate:
         """Soft-label and train from ``global_state``; the update the server aggregates."""
-        task = RoundTask.from_settings(round_number, settings)
+        task = TaskSettings.from_wire(settings)
         self.runtime.scorer.load_state(global_state)
         started = time.perf_counter()
         soft, metrics = self.soft_label(task)
@@ -143,9 +113,9 @@ class LocalClient:
         examples = [hard_example(e.text, e.label, self.runtime.num_classes)
                     for e in self.labeled]
         examples += soft
-        rng = np.random.default_rng([task.seed, task.round, self.index])
+        rng = np.random.default_rng([task.seed, round_number, self.index])
         plan = batch_plan(examples, task.local_steps, task.batch_size,
-                          task.soft_label_gold_share, rng)
+                          task.soft_labels.gold_share, rng)
         trainer = self.runtime.trainer
         trainer.load_state(global_state)
         loss = trainer.train(examples, plan, task.lr, task.weight_decay)

@@ -39,6 +39,7 @@ from lpfl.model.loading import BaseModel, load_base_model
 from lpfl.model.prompt import PromptModel
 from lpfl.protocol import RoundRules
 from lpfl.strategy import ClientUpdate, FedAvg
+from lpfl.task import TaskSettings
 from lpfl.tensors import decode_tensors, encode_tensors, payload_nbytes
 from lpfl.training import accuracy, median_calibrated_predictions
 
@@ -95,11 +96,12 @@ def method_mode(method: str) -> str:
 def method_strategy(config: RunConfig, method: str, seed: int) -> FedAvg:
     """The strategy (sampling and per-round task settings) of a federated ``method``."""
     per_round = 1 if method.startswith("centralized") else config.federation.clients_per_round
-    return FedAvg(per_round, seed, round_settings(config, method, seed))
+    settings = round_settings(config, method, seed)
+    return FedAvg(per_round, seed, lambda round_number: settings(round_number).to_wire())
 
 
-def round_settings(config: RunConfig, method: str, seed: int) -> Callable[[int], dict[str, Any]]:
-    """The per-round task settings of ``method`` (what a server would send with each task)."""
+def round_settings(config: RunConfig, method: str, seed: int) -> Callable[[int], TaskSettings]:
+    """The per-round task settings of ``method`` (what a server sends with each task)."""
     soft = not method.endswith("-no-soft")
     schedule = config.soft_labels
     fed = config.federation
@@ -108,21 +110,11 @@ def round_settings(config: RunConfig, method: str, seed: int) -> Callable[[int],
     steps = fed.local_steps * (fed.clients_per_round if centralized else 1)
     soft_scale = config.data.num_clients if centralized else 1
 
-    def settings(round_number: int) -> dict[str, Any]:
+    def settings(round_number: int) -> TaskSettings:
         budget = schedule.budget(round_number) if soft else 0
-        return {
-            "seed": seed, "local_steps": steps,
-            "batch_size": fed.batch_size, "lr": fed.lr_for(method),
-            "weight_decay": fed.weight_decay,
-            "soft_label_budget": budget * soft_scale,
-            "soft_label_threshold": schedule.threshold,
-            "soft_label_balanced": schedule.balanced, "soft_label_weight": schedule.weight,
-            "soft_label_gold_share": schedule.gold_share,
-            "soft_label_target": schedule.target.value,
-            "soft_label_temperature": schedule.temperature,
-            "soft_label_teacher_patterns": list(schedule.teacher_patterns),
-            "soft_label_agreement": schedule.agreement,
-        }
+        return TaskSettings(seed=seed, local_steps=steps, batch_size=fed.batch_size,
+                            lr=fed.lr_for(method), weight_decay=fed.weight_decay,
+                            soft_label_budget=budget * soft_scale, soft_labels=schedule)
 
     return settings
 

@@ -51,6 +51,7 @@ def test_centralized_gets_the_whole_federations_steps_and_soft_labels() -> None:
                          soft_labels={"growth": 5, "start_round": 1})
     fed = round_settings(config, "lp-fl", 0)(2)
     central = round_settings(config, "centralized", 0)(2)
-    assert (fed["local_steps"], fed["soft_label_budget"]) == (3, 10)
-    assert (central["local_steps"], central["soft_label_budget"]) == (6, 20)
-    assert round_settings(config, "centralized-no-soft", 0)(2)["soft_label_budget"] == 0
+    assert (fed.local_steps, fed.soft_label_budget) == (3, 10)
+    assert (central.local_steps, central.soft_label_budget) == (6, 20)
+    assert round_settings(config, "centralized-no-soft", 0)(2).soft_label_budget == 0
+    assert fed.soft_labels == config.soft_labels
