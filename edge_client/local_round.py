@@ -27,7 +27,13 @@ from lpfl.data import Example
 from lpfl.edge_client.backends import ClientRuntime
 from lpfl.edge_client.trainer_api import device_capabilities
 from lpfl.model.prompt import PromptModel
-from lpfl.softlabels import members_agree, select_confident, soft_targets, teacher_log_probs
+from lpfl.softlabels import (
+    align_to_prior,
+    members_agree,
+    select_confident,
+    soft_targets,
+    teacher_log_probs,
+)
 from lpfl.strategy import ClientUpdate
 from lpfl.task import TaskSettings
 from lpfl.training import TrainExample, batch_plan, gold_fraction, hard_example
@@ -72,6 +78,8 @@ class LocalClient:
         members = [scorer.score(texts, self.eval_batch_size, pattern)
                    for pattern in (None, *rule.teacher_patterns)]
         teacher = teacher_log_probs(members)
+        if rule.align:
+            teacher = align_to_prior(teacher, self.label_prior())
         eligible = members_agree(members) if rule.agreement else None
         chosen = select_confident(teacher.exp(), task.soft_label_budget, rule.threshold,
                                   rule.balanced, eligible)
@@ -82,6 +90,13 @@ class LocalClient:
         metrics = {"soft_labels_added": float(len(chosen))}
         metrics.update(self._hidden_label_checks(chosen, teacher, members[0]))
         return soft, metrics
+
+    def label_prior(self) -> torch.Tensor:
+        """The class frequencies of this client's labeled examples (add-one smoothed)."""
+        counts = torch.ones(self.runtime.num_classes)
+        for example in self.labeled:
+            counts[example.label] += 1
+        return counts / counts.sum()
 
     def _hidden_label_checks(self, chosen: Sequence[int], teacher: torch.Tensor,
                              student: torch.Tensor) -> dict[str, float]:

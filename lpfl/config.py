@@ -123,8 +123,11 @@ class SoftLabelSchedule:
     The teacher scores every text under the run's pattern and each of ``teacher_patterns`` (other
     wordings with the same label words, scored by the same global adapter) and averages the
     members' probabilities; with ``agreement`` only texts on which every member predicts the same
-    class are eligible. Kept texts train towards ``target``: the teacher's distribution with its
-    logits divided by ``temperature`` (below 1 sharpens it), or its argmax as a one-hot label.
+    class are eligible. With ``align`` the teacher's distribution is first shifted so that its
+    mean over the pool matches the class frequencies of the client's labeled examples
+    (distribution alignment). Kept texts train towards ``target``: the teacher's distribution
+    with its logits divided by ``temperature`` (below 1 sharpens it), or its argmax as a one-hot
+    label.
     A student trained on its own unsharpened probabilities gets no gradient from them at the
     start of a round, so sharpening or a stronger teacher is what makes soft labels teach.
 
@@ -144,6 +147,7 @@ class SoftLabelSchedule:
     temperature: float = 1.0
     teacher_patterns: tuple[str, ...] = ()
     agreement: bool = False
+    align: bool = False
 
     def __post_init__(self) -> None:
         _require(0.0 < self.threshold < 1.0,

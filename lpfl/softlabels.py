@@ -9,6 +9,8 @@ Pure functions over logits and probability matrices, so every rule is tested wit
   threshold, most confident first, at most ``budget`` of them and, when balanced, at most
   ``budget // num_classes`` per predicted class; optionally only texts every member agrees on
   (:func:`members_agree`).
+* Optionally the teacher is aligned to the class distribution of the client's labeled examples
+  (:func:`align_to_prior`) before anything is chosen.
 * Targets (:func:`soft_targets`): the teacher's distribution at a temperature, or its argmax.
 """
 
@@ -28,6 +30,23 @@ def teacher_log_probs(member_logits: Sequence[torch.Tensor]) -> torch.Tensor:
         raise ValueError("the teacher needs at least one member's logits")
     mean = torch.stack([F.log_softmax(m.float(), -1) for m in member_logits]).mean(0)
     return F.log_softmax(mean, -1)
+
+
+def align_to_prior(log_probs: torch.Tensor, prior: torch.Tensor,
+                   iterations: int = 20) -> torch.Tensor:
+    """Distribution alignment: shift every row's class log-probabilities by one bias vector so
+    that their mean distribution over the pool matches ``prior`` ([classes], sums to 1), then
+    renormalise. A model that leans to one label word (a prompted LM usually does) no longer
+    hands that class most of the confident texts; the order of texts within a class is kept."""
+    if prior.ndim != 1 or prior.shape[0] != log_probs.shape[-1]:
+        raise ValueError(f"prior must have shape ({log_probs.shape[-1]},), "
+                         f"got {tuple(prior.shape)}")
+    target = prior.float().clamp_min(1e-6).log()
+    bias = torch.zeros_like(target)
+    for _ in range(iterations):
+        mean = F.log_softmax(log_probs + bias, -1).exp().mean(0).clamp_min(1e-12).log()
+        bias = bias + target - mean
+    return F.log_softmax(log_probs + bias, -1)
 
 
 def members_agree(member_logits: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from lpfl.config import SoftTarget
-from lpfl.softlabels import members_agree, select_confident, soft_targets, teacher_log_probs
+from lpfl.softlabels import (
+    align_to_prior,
+    members_agree,
+    select_confident,
+    soft_targets,
+    teacher_log_probs,
+)
 
 
 def probs(rows: list[float]) -> torch.Tensor:
@@ -71,3 +77,20 @@ def test_targets_sharpen_with_temperature_or_take_the_argmax() -> None:
     assert bool((sharp.max(-1).values > same.max(-1).values).all())
     hard = soft_targets(teacher, SoftTarget.ARGMAX, 1.0)
     assert hard.tolist() == [[1.0, 0.0], [0.0, 1.0]]
+
+
+def test_alignment_matches_the_prior_and_keeps_the_order_within_a_class() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(200, 2, generator=gen) + torch.tensor([0.0, 1.5])  # leans to class 1
+    before = torch.log_softmax(logits, -1)
+    assert before.exp().mean(0)[1] > 0.7
+    prior = torch.tensor([0.5, 0.5])
+    after = align_to_prior(before, prior)
+    torch.testing.assert_close(after.exp().mean(0), prior, atol=1e-4, rtol=0)
+    margin_before = before[:, 1] - before[:, 0]
+    margin_after = after[:, 1] - after[:, 0]
+    assert torch.equal(margin_before.argsort(), margin_after.argsort())
+    skewed = align_to_prior(before, torch.tensor([0.8, 0.2]))
+    torch.testing.assert_close(skewed.exp().mean(0), torch.tensor([0.8, 0.2]), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="prior"):
+        align_to_prior(before, torch.tensor([1.0]))

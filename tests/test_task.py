@@ -25,7 +25,7 @@ def test_round_trip_through_the_wire_form() -> None:
         "soft_label_budget": 32, "soft_label_threshold": 0.7, "soft_label_balanced": True,
         "soft_label_weight": 1.0, "soft_label_gold_share": 0.5, "soft_label_target": "argmax",
         "soft_label_temperature": 1.0, "soft_label_teacher_patterns": ["A: {text} B:"],
-        "soft_label_agreement": True}
+        "soft_label_agreement": True, "soft_label_align": False}
     back = TaskSettings.from_wire(wire)
     # The server's scheduling fields (growth, cap, start round) do not travel: defaults return.
     assert back.soft_labels.growth == SoftLabelSchedule().growth
