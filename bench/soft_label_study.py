@@ -28,8 +28,9 @@ from typing import Any
 import torch
 
 from lpfl.benchmark import environment
-from lpfl.config import METHODS, RunConfig, config_from_dict, read_toml
+from lpfl.config import RunConfig, config_from_dict, read_toml
 from lpfl.errors import ConfigError, LpflError
+from lpfl.methods import METHODS
 from lpfl.results import ResultsFile
 from lpfl.simulate import federated_data, run_method
 

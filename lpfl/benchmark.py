@@ -37,7 +37,6 @@ from typing import Any
 import torch
 
 from lpfl.config import (
-    METHODS,
     PARTITIONS,
     ModelSettings,
     RunConfig,
@@ -47,6 +46,7 @@ from lpfl.config import (
     with_values,
 )
 from lpfl.errors import ConfigError
+from lpfl.methods import METHODS, lookup
 from lpfl.report import mean_std
 from lpfl.results import ResultsFile
 from lpfl.simulate import Progress, federated_data, print_progress, run_method
@@ -121,11 +121,6 @@ def setting_config(config: RunConfig, shots: int, partition: str, method: str,
                                 **values})
 
 
-def soft_counterpart(method: str) -> str | None:
-    """``lp-fl`` for ``lp-fl-no-soft`` and so on; None for a method with soft labels."""
-    return method.removesuffix("-no-soft") if method.endswith("-no-soft") else None
-
-
 class AccuracyBenchmark:
     """Runs selection then the grid, appending every run to ``out/results.json``."""
 
@@ -170,10 +165,10 @@ class AccuracyBenchmark:
                   for i, c in enumerate(candidates(b, method))]
         return max(scored, key=lambda t: (t[0], t[1]))[2]
 
-    def run(self, methods: Sequence[str]) -> dict[str, Candidate]:
-        """Select hyper-parameters for ``methods``, then run the grid (and the matched and
-        transfer runs the settings ask for)."""
-        chosen = {m: self.select(m) for m in methods}
+    def run(self, names: Sequence[str]) -> dict[str, Candidate]:
+        """Select hyper-parameters for the methods ``names``, then run the grid (and the
+        matched and transfer runs the settings ask for)."""
+        chosen = {m: self.select(m) for m in names}
         for method, values in chosen.items():
             self.progress(f"[selection] {method}: {values}")
         cells = list(itertools.product(self.bench.shots, self.bench.partitions, self.bench.seeds))
@@ -181,10 +176,11 @@ class AccuracyBenchmark:
             for method, values in chosen.items():
                 self._run("grid", method, shots, partition, seed, values)
         if self.bench.matched_lr:
-            for method in methods:
-                partner = soft_counterpart(method)
-                if partner in self.bench.methods and "federation.lr" in chosen[method]:
-                    lr = self.partner_lr(partner)
+            for method in names:
+                partner = lookup(method).soft_counterpart()
+                if (partner is not None and partner.name in self.bench.methods
+                        and "federation.lr" in chosen[method]):
+                    lr = self.partner_lr(partner.name)
                     for shots, partition, seed in cells:
                         self._run("matched", method, shots, partition, seed,
                                   {**chosen[method], "federation.lr": lr})
@@ -339,7 +335,7 @@ def accuracy_summary(runs: Sequence[Mapping[str, Any]], bench: Mapping[str, Any]
     if any(r.get("kind") == "matched" for r in runs):
         matched = ["lp-fl", "lp-fl-no-soft", "centralized", "centralized-no-soft"]
         mixed = [r for r in runs if r.get("kind") == "grid" and r["method"] in matched
-                 and not r["method"].endswith("-no-soft")]
+                 and lookup(r["method"]).soft]
         mixed += [{**r, "kind": "grid"} for r in runs if r.get("kind") == "matched"]
         lines += ["At one learning rate (each method without soft labels at the rate chosen "
                   "for its counterpart with them):", "",

@@ -22,17 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from lpfl.errors import ConfigError
-
-METHODS = (
-    "lp-fl",
-    "lp-fl-no-soft",
-    "fp-fl",
-    "fp-fl-no-soft",
-    "centralized",
-    "centralized-no-soft",
-    "zero-shot",
-)
-"""Every method ``lpfl simulate`` knows; ``zero-shot`` reports raw and median-calibrated runs."""
+from lpfl.methods import METHODS
 
 
 def _require(condition: bool, message: str) -> None:

@@ -1,6 +1,6 @@
 """Every method of a run in one process, on the same data, budget and evaluation.
 
-Methods (see :data:`lpfl.config.METHODS`):
+Methods (see :mod:`lpfl.methods`):
 
 * ``lp-fl``: LoRA adapters federated with FedAvg, soft labels from the global model each round.
 * ``fp-fl``: every parameter trained and exchanged, same schedule.
@@ -34,6 +34,7 @@ import torch
 from lpfl.config import ModelSettings, RunConfig
 from lpfl.data import FederatedData, build_federated_data, load_dataset
 from lpfl.edge_client.local_round import LocalClient
+from lpfl.methods import lookup
 from lpfl.model.adapters import load_trainable_state, set_mode, trainable_state
 from lpfl.model.loading import BaseModel, load_base_model
 from lpfl.model.prompt import PromptModel
@@ -88,25 +89,25 @@ def fresh_prompt_model(config: RunConfig, mode: str, seed: int) -> PromptModel:
     return pm
 
 
-def method_mode(method: str) -> str:
-    """What ``method`` trains: every parameter for FP-FL, LoRA adapters otherwise."""
-    return "full" if method.startswith("fp-fl") else "lora"
+def method_mode(name: str) -> str:
+    """What ``name`` trains, as a :func:`~lpfl.model.adapters.set_mode` mode."""
+    return str(lookup(name).trains.value)
 
 
 def method_strategy(config: RunConfig, method: str, seed: int) -> FedAvg:
     """The strategy (sampling and per-round task settings) of a federated ``method``."""
-    per_round = 1 if method.startswith("centralized") else config.federation.clients_per_round
+    per_round = 1 if lookup(method).centralized else config.federation.clients_per_round
     settings = round_settings(config, method, seed)
     return FedAvg(per_round, seed, lambda round_number: settings(round_number).to_wire())
 
 
 def round_settings(config: RunConfig, method: str, seed: int) -> Callable[[int], TaskSettings]:
     """The per-round task settings of ``method`` (what a server sends with each task)."""
-    soft = not method.endswith("-no-soft")
+    row = lookup(method)
+    soft, centralized = row.soft, row.centralized
     schedule = config.soft_labels
     fed = config.federation
     # Centralized training does the whole federation's steps and holds every client's soft labels.
-    centralized = method.startswith("centralized")
     steps = fed.local_steps * (fed.clients_per_round if centralized else 1)
     soft_scale = config.data.num_clients if centralized else 1
 
@@ -184,7 +185,7 @@ def federate(config: RunConfig, method: str, seed: int, data: FederatedData,
     ``rules.update_encoding`` (centralized training has no wire: fp32); the global state itself,
     which is evaluated, stays fp32 as on the server.
     """
-    centralized = method.startswith("centralized")
+    centralized = lookup(method).centralized
     if centralized:
         rules = FP32_RULES
     pm = fresh_prompt_model(config, method_mode(method), seed)

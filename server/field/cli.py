@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lpfl.config import METHODS
 from lpfl.errors import LpflError
+from lpfl.methods import METHODS
 
 from .netns import missing_privileges, sweep
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from lpfl.config import RunConfig
 from lpfl.errors import LpflError
+from lpfl.methods import Trains, lookup
 from lpfl.transport_config import ServerSettings, load_server_config
 
 from ..launch import (
@@ -48,9 +49,6 @@ from .profiles import LinkProfile, load_profiles
 from .shaping import shape, verify
 
 log = logging.getLogger(__name__)
-
-FULL_MODEL_METHODS = ("fp-fl", "fp-fl-no-soft")
-
 
 @dataclass(frozen=True)
 class FieldPlan:
@@ -82,7 +80,7 @@ class RoundBudget:
 def estimate_round_seconds(method: str, profile: LinkProfile, config: RunConfig,
                            settings: ServerSettings, compute_s: float) -> float:
     """Physical-limit estimate of one round: global state down, update up, plus compute."""
-    if method not in FULL_MODEL_METHODS:
+    if lookup(method).trains is not Trains.FULL:
         return compute_s + 2 * profile.rtt_ms / 1000
     down = full_model_payload(config, settings.round.task_encoding)
     up = full_model_payload(config, settings.round.update_encoding)
@@ -92,7 +90,7 @@ def estimate_round_seconds(method: str, profile: LinkProfile, config: RunConfig,
 
 def round_budget(method: str, rounds: int, estimate_s: float, budget_s: float) -> RoundBudget:
     """All ``rounds`` when they fit ``budget_s`` (or the method is not FP-FL), else fewer."""
-    if method not in FULL_MODEL_METHODS or estimate_s * rounds <= budget_s:
+    if lookup(method).trains is not Trains.FULL or estimate_s * rounds <= budget_s:
         return RoundBudget(rounds, rounds, estimate_s, "all rounds measured")
     fits = int(budget_s // estimate_s)
     note = (f"time budget {budget_s:.0f} s fits {fits} of {rounds} rounds at an estimated "
@@ -268,7 +266,7 @@ class FieldRunner:
         rows = field_rows(rounds, chunks, profile)
         computes = [c["compute_seconds"] for r in rows for c in r["clients"]
                     if c["status"] == "updated"]
-        if computes and method not in FULL_MODEL_METHODS:
+        if computes and lookup(method).trains is not Trains.FULL:
             self.compute_estimate_s = max(self.compute_estimate_s, max(computes))
         rows = extrapolate(rows, budget, profile, self.config, self.settings, self.plan.clients)
         document = {"profile": asdict(profile), "method": method, "clients": self.plan.clients,
