@@ -159,8 +159,9 @@ class Backend:
     """A case opened in this process: its scorer and, if it has one, its trainer."""
 
     def __init__(self, case: Case, root: Path, eager: EagerFactory) -> None:
-        from lpfl.edge_client.backends import ClientRuntime, program_runtime
+        from lpfl.edge_client.backends import program_runtime
         from lpfl.model.loading import model_id_of
+        from lpfl.runtime import ClientRuntime
 
         self.case = case
         if case.runtime == "eager":
@@ -183,7 +184,7 @@ class Backend:
 def measure_rss(case: Case, root: Path, model: str, max_seq_len: int, batch: int) -> dict[str, Any]:
     """In this (fresh) process: load the case, score one batch, train two steps; report the
     load time and the process's peak resident memory."""
-    from lpfl.edge_client.trainer_api import peak_rss_bytes
+    from lpfl.trainer_api import peak_rss_bytes
 
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -279,7 +280,7 @@ def run_benchmark(args: argparse.Namespace) -> list[CaseResult]:
 
 
 def environment(args: argparse.Namespace) -> dict[str, Any]:
-    from lpfl.edge_client.trainer_api import cpu_features
+    from lpfl.trainer_api import cpu_features
 
     versions = {}
     for package in VERSIONED:

@@ -90,7 +90,7 @@ def time_shape(rows: int, k: int, n: int, generator: torch.Generator, repeats: i
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
 
-    from lpfl.edge_client.trainer_api import cpu_features
+    from lpfl.trainer_api import cpu_features
 
     torch.set_num_threads(1)
     _unsafe_reset_threadpool(1)

@@ -47,10 +47,10 @@ from typing import Any
 import torch
 
 from lpfl import protocol, wire
+from lpfl.client_round import LocalClient
 from lpfl.config import RunConfig, config_from_dict, load_config
 from lpfl.data import FederatedData
 from lpfl.data.toy import write_toy_csv
-from lpfl.edge_client.local_round import LocalClient
 from lpfl.model.adapters import load_trainable_state, trainable_state
 from lpfl.protocol import ClipMode, RoundRules
 from lpfl.simulate import Evaluator, federated_data, fresh_prompt_model, method_strategy

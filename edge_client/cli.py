@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from lpfl.errors import LpflError
+from lpfl.trainer_api import Trainer
 
 from .connection import ClientSettings, EdgeClient
-from .trainer_api import Trainer
 
 TrainerFactory = Callable[[argparse.Namespace], Trainer]
 """Builds the trainer from the parsed arguments (``client_id``, ``config``, ...)."""

@@ -32,8 +32,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from lpfl import wire
 from lpfl.errors import ConfigError, LpflError
 from lpfl.tensors import decode_tensors, encode_tensors
-
-from .trainer_api import Trainer, peak_rss_bytes
+from lpfl.trainer_api import Trainer, peak_rss_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -11,14 +11,15 @@ from __future__ import annotations
 import argparse
 import re
 
+from lpfl.client_round import LocalClient
 from lpfl.errors import ConfigError, LpflError
 from lpfl.model.loading import model_id_of
 from lpfl.model.prompt import PromptModel
+from lpfl.runtime import ClientRuntime
 from lpfl.simulate import federated_data, fresh_prompt_model, method_mode
 from lpfl.transport_config import load_server_config
 
-from .backends import ClientRuntime, check_backend, program_runtime
-from .local_round import LocalClient
+from .backends import check_backend, program_runtime
 
 
 def client_index(client_id: str, num_clients: int) -> int:

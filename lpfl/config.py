@@ -140,8 +140,9 @@ class SoftLabelSchedule:
     align: bool = False
 
     def __post_init__(self) -> None:
-        _require(0.0 < self.threshold < 1.0,
-                 f"soft_labels.threshold={self.threshold} must be between 0 and 1")
+        _require(0.0 <= self.threshold < 1.0,
+                 f"soft_labels.threshold={self.threshold} must be between 0 and 1 (0 keeps "
+                 "texts of any confidence)")
         _require(self.growth >= 0, f"soft_labels.growth={self.growth} must be >= 0")
         _require(self.max_per_client >= 0,
                  f"soft_labels.max_per_client={self.max_per_client} must be >= 0")

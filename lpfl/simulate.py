@@ -31,9 +31,9 @@ from typing import Any
 
 import torch
 
+from lpfl.client_round import LocalClient
 from lpfl.config import ModelSettings, RunConfig
 from lpfl.data import FederatedData, build_federated_data, load_dataset
-from lpfl.edge_client.local_round import LocalClient
 from lpfl.methods import lookup
 from lpfl.model.adapters import load_trainable_state, set_mode, trainable_state
 from lpfl.model.loading import BaseModel, load_base_model

@@ -32,13 +32,13 @@ import torch
 from lpfl.config import RunConfig
 from lpfl.edge_client import cli as client_cli
 from lpfl.edge_client.connection import ClientSettings, EdgeClient
-from lpfl.edge_client.trainer_api import device_capabilities
 from lpfl.protocol import RoundRules
 from lpfl.server import cli as server_cli
 from lpfl.server.app import AggregatorServer, RunOutcome
 from lpfl.server.auth import make_tokens
 from lpfl.server.results import JsonResultsWriter
 from lpfl.strategy import ClientUpdate, FedAvg
+from lpfl.trainer_api import device_capabilities
 from lpfl.transport_config import ServerSettings
 
 SHAPES = {"layer.lora_A": (4, 8), "layer.lora_B": (8, 4), "head.bias": (3,)}

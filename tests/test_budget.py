@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lpfl.client_round import LocalClient
 from lpfl.edge_client.budget import (
     OverBudget,
     check_budget,
@@ -16,9 +17,8 @@ from lpfl.edge_client.budget import (
     measure,
     round_probe,
 )
-from lpfl.edge_client.local_round import LocalClient
-from lpfl.edge_client.trainer_api import peak_rss_bytes
 from lpfl.simulate import federated_data, fresh_prompt_model, method_mode
+from lpfl.trainer_api import peak_rss_bytes
 
 from .conftest import tiny_config
 from .test_launch import RUN

@@ -20,15 +20,16 @@ from typing import Any
 import pytest
 import torch
 
+from lpfl.client_round import LocalClient
 from lpfl.config import RunConfig
 from lpfl.data import load_corpus
-from lpfl.edge_client.backends import ClientRuntime, check_backend, program_runtime
-from lpfl.edge_client.local_round import LocalClient
+from lpfl.edge_client.backends import check_backend, program_runtime
 from lpfl.edge_client.lpfl_trainer import lpfl_trainer
 from lpfl.errors import ArtefactError, ConfigError
 from lpfl.export.config import ExportConfig
 from lpfl.model.adapters import trainable_state
 from lpfl.model.prompt import PromptModel
+from lpfl.runtime import ClientRuntime
 from lpfl.server.launch import (
     free_port,
     prepare_run_dir,

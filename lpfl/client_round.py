@@ -24,9 +24,8 @@ import numpy as np
 import torch
 
 from lpfl.data import Example
-from lpfl.edge_client.backends import ClientRuntime
-from lpfl.edge_client.trainer_api import device_capabilities
 from lpfl.model.prompt import PromptModel
+from lpfl.runtime import ClientRuntime
 from lpfl.softlabels import (
     align_to_prior,
     members_agree,
@@ -36,6 +35,7 @@ from lpfl.softlabels import (
 )
 from lpfl.strategy import ClientUpdate
 from lpfl.task import TaskSettings
+from lpfl.trainer_api import device_capabilities
 from lpfl.training import TrainExample, batch_plan, gold_fraction, hard_example
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class LocalClient:
     """A client's data and runtime; :meth:`train_round` is the Trainer a connection calls.
 
     ``model`` is a prompt model (everything runs eagerly on it) or a :class:`ClientRuntime`
-    whose scorer and trainer may be exported programs (see :mod:`lpfl.edge_client.backends`).
+    whose scorer and trainer may be exported programs (see :mod:`lpfl.runtime`).
     """
 
     def __init__(self, client_id: str, index: int, model: PromptModel | ClientRuntime,
