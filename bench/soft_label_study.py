@@ -34,8 +34,8 @@ from lpfl.methods import METHODS
 from lpfl.results import ResultsFile
 from lpfl.simulate import federated_data, run_method
 
-ROUND_FIELDS = ("soft_labels_added", "soft_label_accuracy", "teacher_pool_accuracy",
-                "student_pool_accuracy", "gold_share")
+ROUND_FIELDS = ("teacher_accuracy", "soft_labels_added", "soft_label_accuracy",
+                "teacher_pool_accuracy", "student_pool_accuracy", "gold_share")
 
 
 @dataclasses.dataclass(frozen=True)

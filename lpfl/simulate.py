@@ -25,7 +25,7 @@ import functools
 import logging
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,7 @@ from lpfl.model.adapters import load_trainable_state, set_mode, trainable_state
 from lpfl.model.loading import BaseModel, load_base_model
 from lpfl.model.prompt import PromptModel
 from lpfl.protocol import RoundRules
+from lpfl.softlabels import teacher_log_probs
 from lpfl.strategy import ClientUpdate, FedAvg
 from lpfl.task import TaskSettings
 from lpfl.tensors import decode_tensors, encode_tensors, payload_nbytes
@@ -131,6 +132,13 @@ class Evaluator:
         logits = pm.score([e.text for e in self.data.test], self.batch_size)
         return accuracy(logits, [e.label for e in self.data.test])
 
+    def teacher(self, pm: PromptModel, patterns: Sequence[str]) -> float:
+        """Accuracy of the soft-label teacher: the model under its own pattern and each of
+        ``patterns``, log-probabilities averaged (:func:`lpfl.softlabels.teacher_log_probs`)."""
+        texts = [e.text for e in self.data.test]
+        members = [pm.score(texts, self.batch_size, pattern) for pattern in (None, *patterns)]
+        return accuracy(teacher_log_probs(members), [e.label for e in self.data.test])
+
 
 def _clients(config: RunConfig, pm: PromptModel, data: FederatedData,
              centralized: bool) -> list[LocalClient]:
@@ -207,11 +215,13 @@ def federate(config: RunConfig, method: str, seed: int, data: FederatedData,
         every = config.run.eval_every
         due = r == config.federation.rounds or (every > 0 and r % every == 0)
         acc = evaluate(pm) if due else None
+        patterns = config.soft_labels.teacher_patterns if lookup(method).soft else ()
+        teacher_acc = evaluate.teacher(pm, patterns) if due and patterns else None
         uplink = 0 if centralized else sum(nbytes for _, nbytes in received)
         downlink = 0 if centralized else len(updates) * down_bytes
         record = {
-            "round": r, "accuracy": acc, "uplink_bytes": uplink, "downlink_bytes": downlink,
-            **soft_label_record(updates),
+            "round": r, "accuracy": acc, "teacher_accuracy": teacher_acc,
+            "uplink_bytes": uplink, "downlink_bytes": downlink, **soft_label_record(updates),
             "train_loss": sum(u.metrics["train_loss"] for u in updates) / len(updates),
             "clients": sorted(tasks),
             "seconds": time.perf_counter() - started,

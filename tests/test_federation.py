@@ -55,3 +55,19 @@ def test_centralized_gets_the_whole_federations_steps_and_soft_labels() -> None:
     assert (central.local_steps, central.soft_label_budget) == (6, 20)
     assert round_settings(config, "centralized-no-soft", 0)(2).soft_label_budget == 0
     assert fed.soft_labels == config.soft_labels
+
+
+def test_a_teacher_ensemble_is_evaluated_beside_the_student(toy_csv: Path) -> None:
+    config = tiny_config(
+        str(toy_csv), federation={"rounds": 3}, run={"eval_every": 2},
+        soft_labels={"threshold": 0.0, "growth": 4, "start_round": 1, "gold_share": 0.5,
+                     "target": "argmax", "teacher_patterns": ["Text: {text} Label:"]})
+    run = run_method(config, "lp-fl", 0, federated_data(config, 0), progress=quiet)
+    rounds = run["rounds"]
+    assert [r["accuracy"] is None for r in rounds] == [True, False, False]
+    assert [r["teacher_accuracy"] is None for r in rounds] == [True, False, False]
+    assert all(0.0 <= r["teacher_pool_accuracy"] <= 1.0 for r in rounds)
+    assert all(r["gold_share"] == 0.5 for r in rounds)
+    no_soft = run_method(config, "lp-fl-no-soft", 0, federated_data(config, 0), progress=quiet)
+    assert no_soft["rounds"][-1]["teacher_accuracy"] is None
+    assert no_soft["rounds"][-1]["gold_share"] == 1.0
