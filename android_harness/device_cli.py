@@ -2,8 +2,8 @@
 
 The supported route is a Python client in a Termux-style prefix on the device (``route =
 "termux"`` in the device profile: ``python`` points at that prefix's interpreter, with torch and
-lpfl installed there; see the README). An ExecuTorch runner binary cannot be the client: it runs
-a program forward, while a round needs LoRA training and a websocket.
+lpfl installed there; see docs/devices.md). An ExecuTorch runner binary cannot be the client: it
+runs a program forward, while a round needs LoRA training and a websocket.
 
 - ``push`` copies the run file, the device profile and (optionally) the exported artefacts into
   the profile's ``device_dir``, after checking the device's ABI matches the profile.
@@ -77,7 +77,7 @@ def _connect(args: argparse.Namespace) -> tuple[Adb, DeviceProfile, PurePosixPat
     if profile.route != "termux":
         raise ConfigError(f"device profile {profile.name} has route={profile.route!r}: it is "
                           "not an adb device; log in to it and run `lpfl client --profile "
-                          f"{profile.name} ...` there (README, Jetson)")
+                          f"{profile.name} ...` there (docs/devices.md, Jetson)")
     adb = Adb(args.serial)
     adb.check_attached()
     return adb, profile, PurePosixPath(profile.device_dir)

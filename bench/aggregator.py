@@ -1,4 +1,4 @@
-"""Aggregator benchmark (issue 3, "Scale"): N simulated clients upload a SmolLM2-sized LoRA adapter.
+"""Aggregator benchmark: N simulated clients upload a SmolLM2-sized LoRA adapter.
 
 Usage::
 
@@ -20,7 +20,7 @@ tensors). Measured per N:
 - bytes on the wire as the server's connections counted them (handshakes and framing included)
   beside the tensor payload bytes.
 
-The point is the issue's goal: the server's peak memory should be O(model), independent of how
+The goal: the server's peak memory should be O(model), independent of how
 many clients upload. ``results.json`` and ``report.md`` (with ``aggregator.png``) in ``--out``
 say whether it is.
 

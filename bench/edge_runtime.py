@@ -1,4 +1,4 @@
-"""Edge-runtime benchmark (issue 4, "Performance"): every backend × quantization, as ratios
+"""Edge-runtime benchmark: every backend × quantization, as ratios
 against eager fp32, on one machine with one thread.
 
 Usage::
@@ -21,7 +21,7 @@ Timings are taken in this one process with ``torch.set_num_threads(1)``, round-r
 cases and repeated (the median is kept), so a background load slows every case alike and the
 ratios stay meaningful. Artefacts are exported once into ``--artefacts`` (outside the results:
 they are hundreds of MB) and reused.
-``results.json`` and ``report.md`` (the README's table) land in ``--out``.
+``results.json`` and ``report.md`` (the table in ``docs/results.md``) land in ``--out``.
 """
 
 from __future__ import annotations
@@ -303,7 +303,7 @@ def _ratio(value: float | None, reference: float | None) -> str:
 
 
 def report(results: Sequence[CaseResult], env: dict[str, Any]) -> str:
-    """The README's table: each case against eager fp32, plus the issue's goals."""
+    """The report's table: each case against eager fp32, plus the edge-runtime goals."""
     eager = results[0]
     fp32 = {r.case.split(":")[0]: r for r in results if r.case.endswith(":none")}
 

@@ -1,5 +1,5 @@
-"""Kernel ceiling for issue 4's throughput goal: one linear layer of SmolLM2's shapes, PyTorch fp32
-against the XNNPACK kernels the quantized ExecuTorch programs use, at one thread.
+"""Kernel ceiling for the edge runtimes' throughput goal: one linear layer of SmolLM2's shapes,
+PyTorch fp32 against the XNNPACK kernels the quantized ExecuTorch programs use, at one thread.
 
 Usage::
 

@@ -1,4 +1,4 @@
-"""Update-encoding benchmark (issue 6): does an fp16 or int8 update cost LP-FL accuracy?
+"""Update-encoding benchmark: does an fp16 or int8 update cost LP-FL accuracy?
 
 Usage::
 

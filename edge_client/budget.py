@@ -1,14 +1,17 @@
 """The client's resource budget: refuse to start rather than be killed mid-round.
 
-Before its first round a client with ``--profile`` runs one probe of its real work (its chosen
-backends scoring and training one batch at the run's ``max_length`` and ``batch_size``) and reads
-the process's peak resident memory. Above the device profile's ``memory_budget_mb`` it stops
-with :class:`OverBudget`, whose message names the settings that shrink the footprint. A device
-that runs out of memory mid-round is killed by the kernel (or Android's low-memory killer) with
-no message at all; this check turns that into an error a person can act on.
+A client with ``--profile`` first takes the profile's thread count, then, before its first round,
+runs one probe of its real work at its largest on its chosen backends (``run.eval_batch_size``
+texts scored and one training step on ``federation.batch_size`` texts, each long enough to fill
+``model.max_length`` tokens; :func:`round_probe`) and reads the process's peak resident memory.
+Above the device profile's ``memory_budget_mb`` it stops with :class:`OverBudget`, whose message
+names the settings that shrink the footprint. A device that runs out of memory mid-round is
+killed by the kernel (or Android's low-memory killer) with no message at all; this check turns
+that into an error a person can act on.
 
-The peak is the process's high-water mark (``getrusage``), so it includes the Python runtime,
-torch and the model: what the operating system counts against the process.
+The peak is the process's high-water mark so far (:func:`lpfl.trainer_api.peak_rss_bytes`:
+Linux's ``VmHWM``, else ``getrusage``), so it includes the Python runtime, torch, the model and
+the loading of it: what the operating system counts against the process.
 """
 
 from __future__ import annotations

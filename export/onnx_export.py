@@ -46,8 +46,8 @@ def quantize_onnx(fp32: Path, quant: str, group_size: int = 32) -> Path:
 
     ``quantize_dynamic`` was tried first: per channel its MatMul scales ended up on the wrong axis
     (0 % decision agreement on SmolLM2), per tensor it kept 85 %. Block-wise weights keep
-    SmolLM2's decisions (see the README). The LoRA MatMuls have no constant weight, so they stay
-    float32.
+    SmolLM2's decisions (see docs/results.md). The LoRA MatMuls have no constant weight, so they
+    stay float32.
     """
     path = fp32.with_name(PROGRAM_FILE)
     if quant == "none":
