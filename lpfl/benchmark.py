@@ -352,6 +352,15 @@ def accuracy_summary(runs: Sequence[Mapping[str, Any]], bench: Mapping[str, Any]
     return lines
 
 
+def candidate_of(run: Mapping[str, Any]) -> dict[str, Any]:
+    """The searched values of a selection run (files written before candidate sets recorded
+    ``lr`` and ``threshold`` instead)."""
+    if "values" in run:
+        return dict(run["values"])
+    old = {"federation.lr": run.get("lr"), "soft_labels.threshold": run.get("threshold")}
+    return {k: v for k, v in old.items() if v is not None}
+
+
 def write_bench_report(out: Path, runs: Sequence[Mapping[str, Any]],
                        config: Mapping[str, Any]) -> Path:
     """``report.md`` and ``accuracy.png`` for a benchmark folder."""
@@ -363,7 +372,7 @@ def write_bench_report(out: Path, runs: Sequence[Mapping[str, Any]],
              "![accuracy](accuracy.png)", "",
              "Hyper-parameter search (validation accuracy, never the test split):", "",
              "| method | candidate | validation accuracy |", "|---|---|---|"]
-    lines += [f"| {r['method']} | {r['values']} | {r['final_accuracy']:.3f} |"
+    lines += [f"| {r['method']} | {candidate_of(r)} | {r['final_accuracy']:.3f} |"
               for r in selection]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -384,7 +393,7 @@ def update_readme(readme: Path, out: Path, runs: Sequence[Mapping[str, Any]],
     head, rest = text.split(README_START, 1)
     _, tail = rest.split(README_END, 1)
     body = [f"From `{out / 'results.json'}` (`lpfl bench accuracy --out {out} --report-only "
-            f"--readme {readme.name}`).", "",
+            f"--readme {readme}`).", "",
             *accuracy_summary(runs, config["bench"], config.get("environment", {}))]
     readme.write_text(head + README_START + "\n" + "\n".join(body) + README_END + tail,
                       encoding="utf-8")
