@@ -4,6 +4,7 @@ failed run and a failed setup too); ``lpfl field`` without root creates nothing.
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from lpfl.errors import LpflError
 from lpfl.server.field import cli, netns
 from lpfl.server.field.netns import Namespaces, list_owned, missing_privileges
 
@@ -43,13 +45,13 @@ def test_a_setup_that_fails_half_way_leaves_nothing(monkeypatch: pytest.MonkeyPa
         if args[:2] == ("netns", "add"):
             calls["netns add"] += 1
             if calls["netns add"] == 2:
-                raise netns.LpflError("simulated failure on the second namespace")
+                raise LpflError("simulated failure on the second namespace")
         result: subprocess.CompletedProcess[str] = real_ip(*args, check=check)
         return result
 
     monkeypatch.setattr(netns, "ip", failing_ip)
     ns = Namespaces(3)
-    with pytest.raises(netns.LpflError, match="simulated"), ns:
+    with pytest.raises(LpflError, match="simulated"), ns:
         pass
     monkeypatch.undo()
     assert list_owned(ns.prefix) == ([], [])
@@ -59,7 +61,7 @@ def test_a_setup_that_fails_half_way_leaves_nothing(monkeypatch: pytest.MonkeyPa
 def test_without_root_field_exits_2_and_creates_nothing(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(netns.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     parser = argparse.ArgumentParser()
     cli.add_parser(parser.add_subparsers())
     out = tmp_path / "out"
