@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 from lpfl.client_round import LocalClient
+from lpfl.edge_client import budget
 from lpfl.edge_client.budget import (
     OverBudget,
     check_budget,
@@ -26,9 +28,9 @@ from .test_launch import RUN
 MIB = 2**20
 
 
-def profile_file(path: Path, budget_mb: int) -> Path:
+def profile_file(path: Path, budget_mb: int, threads: int = 1) -> Path:
     path.write_text(f'name = "small-device"\nkind = "phone"\ncpu_arch = "aarch64"\n'
-                    f'memory_budget_mb = {budget_mb}\nthreads = 1\nlink = "lte"\n'
+                    f'memory_budget_mb = {budget_mb}\nthreads = {threads}\nlink = "lte"\n'
                     'source = "a test"\n')
     return path
 
@@ -70,15 +72,31 @@ def test_the_probe_measures_a_batch_and_changes_nothing() -> None:
         assert torch.equal(after[name], tensor), name
 
 
-def test_a_generous_profile_passes_and_sets_the_threads(tmp_path: Path) -> None:
+def test_a_generous_profile_passes_and_probes_with_the_profiles_threads(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The profile's thread count (2; 1 before) is in force when the probe runs and stays in
+    force for the rounds after it."""
     config = tiny_config()
+    client = tiny_client()
+    seen: list[int] = []
+    real_measure = budget.measure
+
+    def measure_and_note_threads(probe: Callable[[], object]) -> int:
+        seen.append(torch.get_num_threads())
+        return real_measure(probe)
+
+    monkeypatch.setattr(budget, "measure", measure_and_note_threads)
     threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
-        footprint = enforce_profile(tiny_client(), config,
-                                    profile_file(tmp_path / "p.toml", 1_000_000))
-        assert torch.get_num_threads() == 1
+        footprint = enforce_profile(client, config,
+                                    profile_file(tmp_path / "p.toml", 1_000_000, threads=2))
+        after = torch.get_num_threads()
     finally:
         torch.set_num_threads(threads)
+    assert seen == [2]
+    assert after == 2
+    assert footprint.budget_bytes == 1_000_000 * MIB
     assert 0 < footprint.peak_bytes < footprint.budget_bytes
 
 

@@ -1,10 +1,13 @@
 """End to end on a tiny model: the federation must really learn a separable task."""
 
+import statistics
 from pathlib import Path
 
 import pytest
+import torch
 
-from lpfl.simulate import federated_data, round_settings, run_method
+from lpfl.simulate import federated_data, fresh_prompt_model, round_settings, run_method
+from lpfl.training import median_calibrated_predictions
 from tests.conftest import tiny_config
 
 
@@ -40,10 +43,43 @@ def test_lp_fl_sends_a_small_fraction_of_fp_fl(toy_csv: Path) -> None:
 
 
 def test_zero_shot_reports_raw_and_calibrated(toy_csv: Path) -> None:
+    """Both accuracies recomputed here from the frozen model's logits: raw is the argmax,
+    calibrated thresholds ``s1 - s0`` at its (lower) median over the clients' unlabeled text."""
     config = tiny_config(str(toy_csv))
-    run = run_method(config, "zero-shot", 0, federated_data(config, 0), progress=quiet)
-    assert 0.0 <= run["raw_accuracy"] <= 1.0 and run["final_accuracy"] == run[
-        "calibrated_accuracy"]
+    data = federated_data(config, 0)
+    run = run_method(config, "zero-shot", 0, data, progress=quiet)
+
+    frozen = fresh_prompt_model(config, "frozen", 0)
+    batch = config.run.eval_batch_size
+    test = frozen.score([e.text for e in data.test], batch).tolist()
+    reference = frozen.score([e.text for e in data.all_unlabeled()], batch).tolist()
+    labels = [e.label for e in data.test]
+    threshold = statistics.median_low(s1 - s0 for s0, s1 in reference)
+    raw = [max((0, 1), key=lambda c: row[c]) for row in test]
+    calibrated = [int(s1 - s0 > threshold) for s0, s1 in test]
+    assert run["raw_accuracy"] == pytest.approx(fraction_correct(raw, labels))
+    assert run["calibrated_accuracy"] == pytest.approx(fraction_correct(calibrated, labels))
+    assert run["final_accuracy"] == run["calibrated_accuracy"] == run["rounds"][0]["accuracy"]
+    assert run["rounds"][0]["uplink_bytes"] == run["rounds"][0]["downlink_bytes"] == 0
+
+
+def fraction_correct(predicted: list[int], labels: list[int]) -> float:
+    return sum(p == y for p, y in zip(predicted, labels, strict=True)) / len(labels)
+
+
+def test_zero_shot_calibration_undoes_a_prompts_bias() -> None:
+    """However strongly the prompt favours one class, calibration on the reference texts calls
+    exactly those above the median margin class 1 (two classes), and gives every class some
+    texts (three classes)."""
+    generator = torch.Generator().manual_seed(0)
+    biased = torch.randn(101, 2, generator=generator) + torch.tensor([8.0, 0.0])
+    assert int(biased.argmax(-1).sum()) == 0  # raw: always class 0
+    ones = int(median_calibrated_predictions(biased, biased).sum())
+    assert ones == 50  # 101 distinct margins: 50 above the median, the median itself not
+    three = torch.randn(90, 3, generator=generator) + torch.tensor([0.0, 8.0, 0.0])
+    assert set(three.argmax(-1).tolist()) == {1}  # raw: always class 1
+    counts = torch.bincount(median_calibrated_predictions(three, three), minlength=3)
+    assert all(count > 0 for count in counts.tolist()), counts
 
 
 def test_centralized_gets_the_whole_federations_steps_and_soft_labels() -> None:
