@@ -4,8 +4,10 @@ the command line."""
 from __future__ import annotations
 
 import argparse
+import hmac
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +86,7 @@ def test_results_writer_rewrites_the_whole_history(tmp_path: Path) -> None:
     assert len(document["rounds"]) == 2
 
 
-def test_tokens_are_checked_in_constant_time_and_files_are_validated(tmp_path: Path) -> None:
+def test_tokens_are_checked_and_files_are_validated(tmp_path: Path) -> None:
     tokens = make_tokens(["c-1", "c-2"])
     assert len(set(tokens.values())) == 2
     path = tmp_path / "tokens.json"
@@ -103,6 +105,38 @@ def test_tokens_are_checked_in_constant_time_and_files_are_validated(tmp_path: P
             load_tokens(path)
     with pytest.raises(ConfigError, match="tokens file"):
         load_tokens(tmp_path / "missing.json")
+
+
+def test_every_token_check_is_one_constant_time_comparison(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """No timing is measured: each check, for a known id or an unknown one, right or wrong,
+    makes exactly one :func:`hmac.compare_digest` call with the offered token, and its answer
+    decides (a check that compared with ``==`` first, or skipped unknown ids, would show here)."""
+    tokens = make_tokens(["c-1", "c-2"])
+    auth = TokenAuthenticator(tokens)
+    calls: list[tuple[bytes, bytes]] = []
+
+    def comparison_that_says(answer: bool) -> Callable[[bytes, bytes], bool]:
+        def compare_digest(a: bytes, b: bytes) -> bool:
+            calls.append((a, b))
+            return answer
+        return compare_digest
+
+    offers = [("c-1", tokens["c-1"]), ("c-1", tokens["c-2"]), ("ghost", tokens["c-1"]),
+              ("c-1", ""), ("ghost", "")]
+    for answer in (False, True):
+        monkeypatch.setattr(hmac, "compare_digest", comparison_that_says(answer))
+        for client_id, token in offers:
+            calls.clear()
+            verified = auth.verify(client_id, token)
+            assert len(calls) == 1, (client_id, token)
+            assert calls[0][0] == token.encode()
+            # A known id is compared with its own token; an unknown one with a decoy that is
+            # no client's token, and is refused whatever the comparison says.
+            known = client_id in tokens
+            assert (calls[0][1] == tokens[client_id].encode()) if known else (
+                calls[0][1].decode() not in tokens.values())
+            assert verified is (answer and known), (client_id, answer)
 
 
 RUN_TOML = """
