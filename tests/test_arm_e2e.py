@@ -2,8 +2,9 @@
 
 The aarch64 client is the real `lpfl client` under qemu-user in the cached arm64 root
 (lpfl.android_harness.arm_rootfs); building that root takes 5-10 minutes once, so the federation
-test is marked slow (`make arm-e2e`). It skips, saying why, where the machine cannot run it (not
-root, no binfmt_misc, no debootstrap), and never passes without running the clients.
+test is marked slow (`make arm-e2e`). It skips, saying why, where the machine cannot run aarch64
+code (not root, no qemu-user or binfmt_misc); a root that fails to build (debootstrap, pip) fails
+it, and it never passes without running the clients.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -114,13 +116,49 @@ def test_a_half_built_root_is_not_ready(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def arm_root_or_skip() -> Path:
-    """The cached root (built if needed), or a skip that says what this machine lacks."""
+    """The cached root (built if needed), or a skip that says what this machine lacks.
+
+    Only the machine may skip: no root, or no qemu-aarch64 binfmt (host tools that cannot be
+    installed, binfmt_misc that cannot be mounted or enabled). Once it can run aarch64 code, a
+    failed root build (debootstrap, or pip installing the pinned client packages) fails the test.
+    """
     if os.geteuid() != 0:
         pytest.skip("emulated aarch64 clients need root (debootstrap, chroot, mounts)")
     try:
-        return arm_rootfs.ensure_rootfs()
+        arm_rootfs.ensure_host_tools()
     except arm_rootfs.ArmUnavailable as exc:
-        pytest.skip(f"cannot build or run the arm64 root here: {exc}")
+        pytest.skip(f"this machine cannot run aarch64 code under qemu: {exc}")
+    return arm_rootfs.ensure_rootfs()
+
+
+def test_only_a_machine_that_cannot_emulate_skips(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def outcome() -> str:
+        """What :func:`arm_root_or_skip` does, as text (a skip must not skip this test)."""
+        try:
+            return f"root {arm_root_or_skip()}"
+        except pytest.skip.Exception as exc:
+            return f"skip: {exc}"
+        except arm_rootfs.ArmUnavailable as exc:
+            return f"error: {exc}"
+
+    def unavailable(message: str) -> Callable[[], Path]:
+        def fail() -> Path:
+            raise arm_rootfs.ArmUnavailable(message)
+        return fail
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert outcome().startswith("skip: ") and "root" in outcome()
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    monkeypatch.setattr(arm_rootfs, "ensure_host_tools",
+                        unavailable("the kernel has no enabled qemu-aarch64 binfmt entry"))
+    assert outcome().startswith("skip: ") and "binfmt" in outcome()
+    monkeypatch.setattr(arm_rootfs, "ensure_host_tools", lambda: None)
+    monkeypatch.setattr(arm_rootfs, "ensure_rootfs",
+                        unavailable("installing the aarch64 client packages failed (exit 1)"))
+    assert outcome() == "error: installing the aarch64 client packages failed (exit 1)"
+    monkeypatch.setattr(arm_rootfs, "ensure_rootfs", lambda: tmp_path)
+    assert outcome() == f"root {tmp_path}"
 
 
 @pytest.mark.slow
