@@ -11,9 +11,9 @@ Usage::
 Ten LP-FL clients (by default a tiny Llama from config, LoRA adapters, the separable toy task of
 :mod:`lpfl.data.toy`; with ``--config``, that run file's model, data and settings) train every
 round through the server's own round state machine (:class:`lpfl.protocol.RoundMachine`, in
-process, no sockets), so norm clipping, the guard and the aggregation rule are exactly the
-server's. 1 or 3 of them are attackers that, every round,
-send one of:
+process, no sockets, driven by :func:`lpfl.rounds.drive` as in ``lpfl simulate``), so norm
+clipping, the guards and the aggregation rule are exactly the server's. 1 or 3 of them are
+attackers that, every round, send one of:
 
 - ``scaled``: their honestly trained change from the global state, times :data:`BOOST`;
 - ``sign-flip``: that change times ``-BOOST``;
@@ -46,16 +46,17 @@ from typing import Any
 
 import torch
 
-from lpfl import protocol, wire
+from lpfl import protocol
 from lpfl.client_round import LocalClient
 from lpfl.config import RunConfig, config_from_dict, load_config
 from lpfl.data import FederatedData
 from lpfl.data.toy import write_toy_csv
 from lpfl.model.adapters import load_trainable_state, trainable_state
 from lpfl.protocol import ClipMode, RoundRules
+from lpfl.rounds import DrivenRound, drive
 from lpfl.simulate import Evaluator, federated_data, fresh_prompt_model, method_strategy
 from lpfl.strategy import Aggregation, ClientUpdate
-from lpfl.tensors import encode_tensors
+from lpfl.trainer_api import Trainer
 
 METHOD = "lp-fl"
 BOOST = 10.0
@@ -117,6 +118,23 @@ def attacked(update: ClientUpdate, global_state: Mapping[str, torch.Tensor], att
     return dataclasses.replace(update, state=state)
 
 
+@dataclass
+class Attacker:
+    """A client that trains honestly, then sends :func:`attacked` instead of its update."""
+
+    honest: LocalClient
+    attack: Attack
+    generator: torch.Generator
+
+    def capabilities(self) -> dict[str, Any]:
+        return self.honest.capabilities()
+
+    def train_round(self, round_number: int, global_state: dict[str, torch.Tensor],
+                    settings: dict[str, Any]) -> ClientUpdate:
+        update = self.honest.train_round(round_number, global_state, settings)
+        return attacked(update, global_state, self.attack, self.generator)
+
+
 @dataclass(frozen=True)
 class Scenario:
     defence: str
@@ -136,45 +154,38 @@ def run_scenario(config: RunConfig, data: FederatedData, scenario: Scenario,
     started = time.perf_counter()
     pm = fresh_prompt_model(config, "lora", seed)
     batch = config.run.eval_batch_size
-    clients = {f"client-{i}": LocalClient(f"client-{i}", i, pm, labeled, unlabeled, batch)
-               for i, (labeled, unlabeled) in enumerate(zip(data.labeled, data.unlabeled,
-                                                            strict=True))}
-    hostile = set(sorted(clients)[: scenario.attackers if scenario.attack is not Attack.NONE
-                                  else 0])
-    evaluate = Evaluator(data, batch)
-    machine = protocol.RoundMachine(method_strategy(config, METHOD, seed), trainable_state(pm),
-                                    DEFENCES[scenario.defence], config.federation.rounds)
+    honest = {f"client-{i}": LocalClient(f"client-{i}", i, pm, labeled, unlabeled, batch)
+              for i, (labeled, unlabeled) in enumerate(zip(data.labeled, data.unlabeled,
+                                                           strict=True))}
+    hostile = set(sorted(honest)[: scenario.attackers if scenario.attack is not Attack.NONE
+                                 else 0])
     generator = torch.Generator().manual_seed(seed)
-    actions: list[protocol.Action] = []
-    for cid in clients:
-        actions += machine.handle(protocol.ClientJoined(cid, clients[cid].capabilities()))
+    clients: dict[str, Trainer] = {
+        cid: Attacker(client, scenario.attack, generator) if cid in hostile else client
+        for cid, client in honest.items()}
+    evaluate = Evaluator(data, batch)
+
+    def evaluation(round_number: int, state: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        load_trainable_state(pm, state)
+        return {"accuracy": evaluate(pm)}
+
     rounds: list[dict[str, Any]] = []
-    while machine.phase is not protocol.Phase.FINISHED:
-        tasks = [a.message for a in actions
-                 if isinstance(a, protocol.Send) and isinstance(a.message, wire.Task)]
-        closed = [a for a in actions if isinstance(a, protocol.RoundClosed)]
-        actions = []
-        for task in tasks:
-            global_state = machine.global_state
-            update = clients[task.client_id].train_round(task.round, dict(global_state),
-                                                         dict(task.settings))
-            if task.client_id in hostile:
-                update = attacked(update, global_state, scenario.attack, generator)
-            message = wire.Update(task.round, task.client_id, encode_tensors(update.state),
-                                  update.num_examples, {})
-            actions += machine.handle(protocol.UpdateReceived(message))
-        for record in closed:
-            load_trainable_state(pm, record.global_state)
-            rows = record.outcomes
-            rounds.append({
-                "round": record.round, "accuracy": evaluate(pm), "refused": record.refused,
-                "attackers": {cid: {"status": str(rows[cid].status), "clipped": rows[cid].clipped}
-                              for cid in sorted(hostile)},
-                "honest_clipped": sum(rows[c].clipped for c in rows if c not in hostile),
-                "honest_discarded": sum(rows[c].status is protocol.Status.DISCARDED
-                                        for c in rows if c not in hostile),
-            })
-            actions += machine.handle(protocol.RoundRecorded(record.round))
+
+    def record(driven: DrivenRound) -> None:
+        committed = driven.committed
+        rows = committed.outcomes
+        rounds.append({
+            "round": committed.round, "accuracy": committed.eval_metrics["accuracy"],
+            "refused": committed.refused,
+            "attackers": {cid: {"status": str(rows[cid].status), "clipped": rows[cid].clipped}
+                          for cid in sorted(hostile)},
+            "honest_clipped": sum(rows[c].clipped for c in rows if c not in hostile),
+            "honest_discarded": sum(rows[c].status is protocol.Status.DISCARDED
+                                    for c in rows if c not in hostile),
+        })
+
+    drive(method_strategy(config, METHOD, seed), trainable_state(pm), DEFENCES[scenario.defence],
+          config.federation.rounds, clients, evaluation, record)
     return {"scenario": scenario.name, "defence": scenario.defence,
             "attack": scenario.attack.value, "attackers": len(hostile), "seed": seed,
             "final_accuracy": rounds[-1]["accuracy"], "rounds": rounds,

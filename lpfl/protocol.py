@@ -23,9 +23,15 @@ One round goes through these phases::
   least ``min_updates`` updates the strategy combines them into a proposed global state. The
   guard refuses a proposal that is not finite or moves further than the round's norm bound: the
   last good state stays and the updates are marked ``discarded`` with the reason. Either way the
-  round goes to ``EVALUATING`` (the adapter evaluates and checkpoints the global state, then
-  reports :class:`RoundRecorded`); with fewer updates the round is tried again with the same
+  round goes to ``EVALUATING``; with fewer updates the round is tried again with the same
   global state, at most ``max_attempts`` times.
+- ``EVALUATING``: the adapter evaluates the state of :class:`RoundClosed` and reports
+  :class:`RoundEvaluated`. With ``max_accuracy_drop`` set, that state is only proposed: the
+  guard refuses it if its accuracy is more than ``max_accuracy_drop`` below the last committed
+  state's, keeping the last good state. The machine answers with :class:`RoundCommitted`, the
+  verdict the adapter checkpoints and records before it reports :class:`RoundRecorded`. (Without
+  ``max_accuracy_drop`` the state is committed at once, and an adapter that does not evaluate
+  may report :class:`RoundRecorded` straight after :class:`RoundClosed`.)
 """
 
 from __future__ import annotations
@@ -79,6 +85,9 @@ class RoundRules:
     ``norm_multiplier`` (the adaptive bound's multiple of the median norm, also the guard's and
     the norm filter's) bounds each update. ``aggregation`` picks the rule that combines updates
     (:class:`lpfl.strategy.Aggregation`; ``trim_fraction`` is the trimmed mean's).
+    ``max_accuracy_drop`` (a fraction: 0.05 is 5 points) refuses a round's new global state
+    whose evaluated ``accuracy`` is more than that below the last committed state's; the
+    default, 1, never refuses, and only then may an adapter skip evaluating some rounds.
     ``task_encoding`` encodes the global state sent to clients, ``update_encoding`` is what
     clients must reply with (``fp32``, ``fp16`` or ``int8``).
     """
@@ -92,6 +101,7 @@ class RoundRules:
     aggregation: Aggregation = Aggregation.FEDAVG
     trim_fraction: float = 0.2
     max_attempts: int = 3
+    max_accuracy_drop: float = 1.0
     task_encoding: str = "fp32"
     update_encoding: str = "fp32"
 
@@ -110,6 +120,8 @@ class RoundRules:
             (0 <= self.trim_fraction < 0.5,
              f"trim_fraction={self.trim_fraction} must be in [0, 0.5)"),
             (self.max_attempts >= 1, f"max_attempts={self.max_attempts} must be >= 1"),
+            (0 <= self.max_accuracy_drop <= 1,
+             f"max_accuracy_drop={self.max_accuracy_drop} must be in [0, 1] (1: off)"),
             (self.task_encoding in ENCODINGS,
              f"task_encoding={self.task_encoding!r}: use one of {', '.join(ENCODINGS)}"),
             (self.update_encoding in ENCODINGS,
@@ -118,6 +130,11 @@ class RoundRules:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"server.round.{message}")
+
+    @property
+    def guards_accuracy(self) -> bool:
+        """Whether every round's new global state is evaluated before it is committed."""
+        return self.max_accuracy_drop < 1
 
     def strategy(self, base: FedAvg) -> FedAvg:
         """``base``'s sampling and task settings, combining updates by :attr:`aggregation`."""
@@ -185,14 +202,23 @@ class DeadlinePassed:
 
 
 @dataclass(frozen=True)
+class RoundEvaluated:
+    """The adapter evaluated the state of a :class:`RoundClosed` action: ``metrics`` (with
+    ``accuracy`` when ``max_accuracy_drop`` is set; empty if the adapter skipped evaluating)."""
+
+    round: int
+    metrics: Mapping[str, float]
+
+
+@dataclass(frozen=True)
 class RoundRecorded:
-    """The adapter finished a :class:`RoundClosed` action (evaluated and checkpointed)."""
+    """The adapter finished a :class:`RoundCommitted` action (checkpointed and recorded)."""
 
     round: int
 
 
 Event = (ClientJoined | ClientLeft | UpdateReceived | ClientFailed | ClientRefused | DeadlinePassed
-         | RoundRecorded)
+         | RoundEvaluated | RoundRecorded)
 
 
 # Actions: what the machine asks the adapter to do, in order.
@@ -250,16 +276,33 @@ class ClientOutcome:
 
 @dataclass(frozen=True)
 class RoundClosed:
-    """A round closed with enough updates: evaluate the global state, checkpoint it, then report
-    :class:`RoundRecorded`. ``train_metrics`` are the example-weighted means of the clients'
-    metrics. ``refused`` says why the guard kept the previous global state (empty when the new
-    one was committed)."""
+    """A round closed with enough updates: evaluate ``global_state`` and report
+    :class:`RoundEvaluated`. ``train_metrics`` are the example-weighted means of the clients'
+    metrics. ``refused`` says why the norm guard kept the previous global state (empty when the
+    new one passed); with ``max_accuracy_drop`` set, a state that passed is proposed, not yet
+    committed."""
 
     round: int
     attempt: int
     global_state: Mapping[str, torch.Tensor]
     outcomes: Mapping[str, ClientOutcome]
     train_metrics: Mapping[str, float]
+    refused: str = ""
+
+
+@dataclass(frozen=True)
+class RoundCommitted:
+    """The verdict on an evaluated round: checkpoint ``global_state`` (the new one, or the last
+    good one when ``refused`` says why not), record the round, then report
+    :class:`RoundRecorded`. ``eval_metrics`` are ``global_state``'s; ``outcomes`` mark the
+    updates of a refused round ``discarded``."""
+
+    round: int
+    attempt: int
+    global_state: Mapping[str, torch.Tensor]
+    outcomes: Mapping[str, ClientOutcome]
+    train_metrics: Mapping[str, float]
+    eval_metrics: Mapping[str, float]
     refused: str = ""
 
 
@@ -287,7 +330,7 @@ class RunAborted:
     reason: str
 
 
-Action = Send | StartTimer | RoundClosed | RoundFailed | RunFinished | RunAborted
+Action = Send | StartTimer | RoundClosed | RoundCommitted | RoundFailed | RunFinished | RunAborted
 
 
 @dataclass
@@ -307,8 +350,12 @@ class RoundMachine:
 
     ``first_round`` > 1 resumes a run whose earlier rounds are already recorded; ``median_norm``
     is then the median accepted update norm of the last recorded round (:func:`median_norm`),
-    the reference of adaptive clipping. Updates are combined by ``rules.strategy(strategy)``.
-    Feed events to :meth:`handle` and carry out the returned actions in order.
+    the reference of adaptive clipping. ``reference_metrics`` is the evaluation of
+    ``global_state`` (of the initial state, or the last recorded round's): the accuracy guard's
+    first reference, which adapters give when ``max_accuracy_drop`` is set (without one the
+    first evaluated round is committed as it is). Updates are combined by
+    ``rules.strategy(strategy)``. Feed events to :meth:`handle` and carry out the returned
+    actions in order.
     :meth:`screen_update` lets the adapter refuse an update from its header alone, before its
     payload is read.
     """
@@ -321,6 +368,7 @@ class RoundMachine:
         rounds: int,
         first_round: int = 1,
         median_norm: float | None = None,
+        reference_metrics: Mapping[str, float] | None = None,
     ) -> None:
         if not global_state:
             raise ConfigError("the initial global state is empty: there is nothing to train")
@@ -336,7 +384,13 @@ class RoundMachine:
         self.attempt = 1
         self.phase = Phase.FINISHED if first_round > rounds else Phase.WAITING
         self.clients: dict[str, Mapping[str, Any]] = {}
+        self.committed_metrics: dict[str, float] = dict(reference_metrics or {})
+        """The evaluation of the committed global state, as last reported."""
         self._current: _Round | None = None
+        self._closed: RoundClosed | None = None
+        """The round awaiting its evaluation."""
+        self._proposed: dict[str, torch.Tensor] | None = None
+        """Its new global state, while the accuracy guard has not judged it."""
 
     @property
     def min_clients(self) -> int:
@@ -366,6 +420,8 @@ class RoundMachine:
                                                              reason=reason))
             case DeadlinePassed(round_number, attempt):
                 return self._deadline(round_number, attempt)
+            case RoundEvaluated(round_number, metrics):
+                return self._evaluated(round_number, metrics)
             case RoundRecorded(round_number):
                 return self._recorded(round_number)
         raise TypeError(f"not a protocol event: {event!r}")
@@ -529,12 +585,51 @@ class RoundMachine:
             logger.warning("round %d: the aggregate is refused (%s); keeping the last good "
                            "global state", current.number, refused)
             outcomes = {cid: _discarded(o, bound) for cid, o in outcomes.items()}
+        elif self.rules.guards_accuracy:
+            self._proposed = proposed
         else:
             self.global_state = proposed
         self.phase = Phase.EVALUATING
         logger.info("round %d closed with %d updates", current.number, current.acc.count)
-        return [RoundClosed(current.number, current.attempt, self.global_state, outcomes,
-                            _weighted_metrics(outcomes), refused)]
+        self._closed = RoundClosed(current.number, current.attempt,
+                                   self.global_state if self._proposed is None
+                                   else self._proposed, outcomes,
+                                   _weighted_metrics(outcomes), refused)
+        return [self._closed]
+
+    def _evaluated(self, round_number: int, metrics: Mapping[str, float]) -> list[Action]:
+        """Judge a proposed state by its evaluation; commit it or keep the last good one."""
+        closed = self._closed
+        if self.phase is not Phase.EVALUATING or closed is None or closed.round != round_number:
+            raise ValueError(f"round {round_number} was evaluated while the machine is "
+                             f"{self.phase.value} in round {self.round}")
+        self._closed = None
+        refused, outcomes, evaluation = closed.refused, closed.outcomes, dict(metrics)
+        if self._proposed is not None:
+            refused = self._accuracy_guard(metrics)
+            if refused:
+                logger.warning("round %d: the new global state is refused (%s); keeping the "
+                               "last good one", round_number, refused)
+                outcomes = {cid: _discarded(o, math.inf) for cid, o in outcomes.items()}
+                evaluation = dict(self.committed_metrics)
+            else:
+                self.global_state = self._proposed
+            self._proposed = None
+        self.committed_metrics = evaluation
+        return [RoundCommitted(closed.round, closed.attempt, self.global_state, outcomes,
+                               _weighted_metrics(outcomes), evaluation, refused)]
+
+    def _accuracy_guard(self, metrics: Mapping[str, float]) -> str:
+        """Why a proposed state evaluated as ``metrics`` must not be committed ("" if it may)."""
+        if "accuracy" not in metrics:
+            raise ConfigError("server.round.max_accuracy_drop needs an evaluation that reports "
+                              f"'accuracy'; this one reports {sorted(metrics)}")
+        accuracy, last = float(metrics["accuracy"]), self.committed_metrics.get("accuracy")
+        drop = self.rules.max_accuracy_drop
+        if last is None or not last - accuracy > drop:
+            return ""
+        return (f"its accuracy {accuracy:.4g} is {last - accuracy:.4g} below the last committed "
+                f"state's {last:.4g}, more than max_accuracy_drop={drop:g}")
 
     def _guard(self, proposed: Mapping[str, torch.Tensor],
                norms: Sequence[float]) -> tuple[str, float]:
@@ -574,6 +669,10 @@ class RoundMachine:
         if self.phase is not Phase.EVALUATING or round_number != self.round:
             raise ValueError(f"round {round_number} was recorded while the machine is "
                              f"{self.phase.value} in round {self.round}")
+        if self._proposed is not None:
+            raise ValueError(f"round {round_number}'s new global state awaits its evaluation "
+                             "(max_accuracy_drop is set): report RoundEvaluated first")
+        self._closed = None
         self.round += 1
         self.attempt = 1
         if self.round > self.rounds:

@@ -12,15 +12,15 @@ Methods (see :mod:`lpfl.methods`):
 
 Bytes per round are the sizes of the safetensors payloads a client would send (uplink) and
 receive (downlink), summed over the round's clients, so methods compare on one measure. Federated
-methods send every state through the encodings of the run's :class:`~lpfl.protocol.RoundRules`
-(:func:`over_the_wire`), as the websocket server and clients do, so an fp16 or int8 simulation
-trains and aggregates exactly what the network would deliver.
+methods run every round through the server's round machine (:func:`lpfl.rounds.drive`) under the
+run's :class:`~lpfl.protocol.RoundRules`: states travel in its encodings, updates are validated
+and clipped, combined by its aggregation rule and guarded as on the websocket server, so a
+simulation trains and aggregates exactly what a server run of the same config would.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import functools
 import logging
 import sys
@@ -38,7 +38,8 @@ from lpfl.methods import lookup
 from lpfl.model.adapters import load_trainable_state, set_mode, trainable_state
 from lpfl.model.loading import BaseModel, load_base_model
 from lpfl.model.prompt import PromptModel
-from lpfl.protocol import RoundRules
+from lpfl.protocol import ClipMode, RoundRules
+from lpfl.rounds import DrivenRound, drive
 from lpfl.softlabels import teacher_log_probs
 from lpfl.strategy import ClientUpdate, FedAvg
 from lpfl.task import TaskSettings
@@ -50,7 +51,11 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 FP32_RULES = RoundRules()
-"""Round rules whose task and update encodings are both fp32: states travel unchanged."""
+"""The server's default round rules: fp32 both ways (states travel unchanged), adaptive
+clipping, FedAvg."""
+
+CENTRAL_RULES = RoundRules(clip=ClipMode.OFF)
+"""Centralized training's: no wire and no clipping, its one update is the new state."""
 
 
 def print_progress(line: str) -> None:
@@ -189,52 +194,69 @@ def federate(config: RunConfig, method: str, seed: int, data: FederatedData,
              ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """LP-FL, FP-FL or centralized training for one seed: its record and final global state.
 
-    Clients get the global state in ``rules.task_encoding`` and reply in
-    ``rules.update_encoding`` (centralized training has no wire: fp32); the global state itself,
-    which is evaluated, stays fp32 as on the server.
+    Each round runs through the server's round machine under ``rules``
+    (:func:`lpfl.rounds.drive`): clients get the global state in ``rules.task_encoding`` and
+    reply in ``rules.update_encoding``; updates are clipped, combined by ``rules.aggregation``
+    and guarded as on the server. The global state itself, which is evaluated, stays fp32.
+    Centralized training has no wire and no clipping (:data:`CENTRAL_RULES`). A round record
+    says which clients' updates were ``clipped`` and why the guard ``refused`` the new state
+    (empty when it was committed); with ``max_accuracy_drop`` set, every round is evaluated.
     """
-    centralized = lookup(method).centralized
-    if centralized:
-        rules = FP32_RULES
+    row = lookup(method)
+    if row.centralized:
+        rules = CENTRAL_RULES
     pm = fresh_prompt_model(config, method_mode(method), seed)
-    clients = {c.client_id: c for c in _clients(config, pm, data, centralized)}
-    strategy = method_strategy(config, method, seed)
+    clients = {c.client_id: c for c in _clients(config, pm, data, row.centralized)}
     evaluate = Evaluator(data, config.run.eval_batch_size)
-    global_state = trainable_state(pm)
-    rounds = []
-    for r in range(1, config.federation.rounds + 1):
-        started = time.perf_counter()
-        tasks = strategy.configure(r, list(clients))
-        sent, down_bytes = over_the_wire(global_state, rules.task_encoding)
-        replies = [clients[cid].train_round(r, sent, task) for cid, task in tasks.items()]
-        received = [over_the_wire(u.state, rules.update_encoding) for u in replies]
-        updates = [dataclasses.replace(u, state=state)
-                   for u, (state, _) in zip(replies, received, strict=True)]
-        global_state = strategy.aggregate(updates)
-        load_trainable_state(pm, global_state)
-        every = config.run.eval_every
-        due = r == config.federation.rounds or (every > 0 and r % every == 0)
-        acc = evaluate(pm) if due else None
-        patterns = config.soft_labels.teacher_patterns if lookup(method).soft else ()
-        teacher_acc = evaluate.teacher(pm, patterns) if due and patterns else None
-        uplink = 0 if centralized else sum(nbytes for _, nbytes in received)
-        downlink = 0 if centralized else len(updates) * down_bytes
-        record = {
-            "round": r, "accuracy": acc, "teacher_accuracy": teacher_acc,
+    patterns = config.soft_labels.teacher_patterns if row.soft else ()
+    total = config.federation.rounds
+    every = config.run.eval_every
+
+    def due(round_number: int) -> bool:
+        return round_number == total or (every > 0 and round_number % every == 0)
+
+    def evaluation(round_number: int, state: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        load_trainable_state(pm, state)
+        if not (due(round_number) or rules.guards_accuracy):
+            return {}
+        metrics = {"accuracy": evaluate(pm)}
+        if due(round_number) and patterns and round_number > 0:
+            metrics["teacher_accuracy"] = evaluate.teacher(pm, patterns)
+        return metrics
+
+    rounds: list[dict[str, Any]] = []
+
+    def record(driven: DrivenRound) -> None:
+        committed = driven.committed
+        r = committed.round
+        updates = [ClientUpdate(cid, u.state, u.num_examples, u.metrics)
+                   for cid, u in driven.replies.items()]
+        acc = committed.eval_metrics.get("accuracy")
+        uplink = 0 if row.centralized else driven.uplink_bytes
+        downlink = 0 if row.centralized else driven.downlink_bytes
+        rounds.append({
+            "round": r, "accuracy": acc,
+            "teacher_accuracy": committed.eval_metrics.get("teacher_accuracy"),
             "uplink_bytes": uplink, "downlink_bytes": downlink, **soft_label_record(updates),
             "train_loss": sum(u.metrics["train_loss"] for u in updates) / len(updates),
-            "clients": sorted(tasks),
-            "seconds": time.perf_counter() - started,
-        }
-        rounds.append(record)
+            "clients": sorted(driven.replies),
+            "clipped": sorted(cid for cid, o in committed.outcomes.items() if o.clipped),
+            "refused": committed.refused,
+            "seconds": driven.seconds,
+        })
         shown = "not evaluated" if acc is None else f"accuracy {acc:.3f}"
-        progress(f"[{method} seed {seed}] round {r}/{config.federation.rounds}: {shown}, "
-                 f"loss {record['train_loss']:.3f}, "
-                 f"soft labels {record['soft_labels_added']}, uplink {uplink:,} B "
-                 f"({record['seconds']:.1f} s)")
+        refused = f"; new state refused: {committed.refused}" if committed.refused else ""
+        progress(f"[{method} seed {seed}] round {r}/{total}: {shown}, "
+                 f"loss {rounds[-1]['train_loss']:.3f}, "
+                 f"soft labels {rounds[-1]['soft_labels_added']}, uplink {uplink:,} B "
+                 f"({driven.seconds:.1f} s){refused}")
+
+    global_state = drive(method_strategy(config, method, seed), trainable_state(pm), rules,
+                         total, clients, evaluation, record)
     run = {"method": method, "seed": seed, "final_accuracy": rounds[-1]["accuracy"],
            "lr": config.federation.lr_for(method), "task_encoding": rules.task_encoding,
-           "update_encoding": rules.update_encoding,
+           "update_encoding": rules.update_encoding, "clip": rules.clip.value,
+           "aggregation": rules.aggregation.value,
            "trainable_parameters": sum(t.numel() for t in global_state.values()),
            "rounds": rounds}
     return run, global_state

@@ -15,8 +15,10 @@ machine; this module only moves bytes and time:
 - turns messages, disconnects and timers into machine events, and carries out the machine's
   actions: messages go to a per-connection outbox drained by one writer task, so frames of two
   messages never interleave;
-- after each round: evaluates the new global state (in a thread), writes the checkpoint atomically,
-  hands the history to the results writer, and tells the machine the round is recorded.
+- after each round: evaluates the new global state (in a thread) and hands the evaluation to the
+  machine, which commits that state or keeps the last good one (``max-accuracy-drop``); writes
+  the committed state's checkpoint atomically, hands the history to the results writer, and
+  tells the machine the round is recorded.
 
 Nothing a client sends can stop the server: a malformed frame, a refused update or a dropped
 connection becomes an error frame, a log line and a client outcome in the round record.
@@ -157,7 +159,9 @@ class AggregatorServer:
     ``evaluate`` and the ``results`` writer. ``tokens`` maps client ids to their secrets.
     With ``resume``, the run continues after the last round in ``run_dir``'s checkpoint (global
     state, history, and this process's torch RNG state are restored); without it, an existing
-    checkpoint is refused rather than overwritten.
+    checkpoint is refused rather than overwritten. With ``max-accuracy-drop`` set, the initial
+    state is evaluated first (on a resume, the last recorded evaluation is used): the accuracy
+    guard's first reference.
     """
 
     def __init__(
@@ -176,6 +180,7 @@ class AggregatorServer:
         self.checkpoint_path = Path(settings.run_dir) / CHECKPOINT_NAME
         self.history: list[RoundRecord] = []
         state, first_round, reference = initial_state, 1, None
+        evaluation: Mapping[str, float] | None = None
         if resume and self.checkpoint_path.is_file():
             checkpoint = load_checkpoint(self.checkpoint_path)
             state, first_round = checkpoint.global_state, checkpoint.round + 1
@@ -184,14 +189,18 @@ class AggregatorServer:
                 reference = protocol.median_norm(
                     [c.update_norm for c in self.history[-1].clients
                      if c.status in (protocol.Status.UPDATED, protocol.Status.DISCARDED)])
+                evaluation = self.history[-1].eval_metrics
             rng = torch.frombuffer(bytearray(checkpoint.rng_state), dtype=torch.uint8)
             torch.set_rng_state(rng)
             logger.info("resuming after round %d from %s", checkpoint.round, self.checkpoint_path)
         elif self.checkpoint_path.exists() and not resume:
             raise ConfigError(f"{self.checkpoint_path} holds an earlier run: resume it with "
                               "--resume, or choose another run_dir")
+        if evaluation is None and settings.round.guards_accuracy:
+            evaluation = evaluate(0, state)
+            logger.info("initial global state: eval %s", dict(evaluation))
         self.machine = protocol.RoundMachine(strategy, state, settings.round, rounds, first_round,
-                                             reference)
+                                             reference, evaluation)
         self._limits = {wire.UPDATE: self.machine.max_update_bytes()}
         self._authenticate = TokenAuthenticator(tokens)
         self._evaluate = evaluate
@@ -457,9 +466,10 @@ class AggregatorServer:
                                {c: str(o.status) for c, o in action.outcomes.items()})
             elif isinstance(action, protocol.RunFinished):
                 self._finish(RunOutcome(True, "finished", action.global_state, self.history))
-            else:
+            elif isinstance(action, protocol.RunAborted):
                 self._finish(RunOutcome(False, action.reason, self.machine.global_state,
                                         self.history))
+            # RoundCommitted answers the RoundEvaluated event that _record reports itself.
 
     def _deadline(self, round_number: int, attempt: int) -> None:
         self._apply(self.machine.handle(protocol.DeadlinePassed(round_number, attempt)))
@@ -469,21 +479,24 @@ class AggregatorServer:
             self._done.set_result(outcome)
 
     async def _record(self, closed: protocol.RoundClosed) -> None:
-        """Evaluate, checkpoint and report a closed round, then let the machine go on."""
+        """Evaluate a closed round, let the machine judge it, checkpoint and report what it
+        committed, then let the machine go on."""
         try:
             evaluating = time.monotonic()
             metrics = await asyncio.to_thread(self._evaluate, closed.round, closed.global_state)
             eval_seconds = time.monotonic() - evaluating
+            metrics = {str(k): float(v) for k, v in metrics.items()}
+            verdict = self.machine.handle(protocol.RoundEvaluated(closed.round, metrics))
+            committed = next(a for a in verdict if isinstance(a, protocol.RoundCommitted))
             for session in self._sessions.values():
                 self._account(session)
             window, self._window = self._window, {}
             seconds = time.monotonic() - (self._round_started or time.monotonic())
             self._round_started = None
-            metrics = {str(k): float(v) for k, v in metrics.items()}
-            record = _round_record(closed, metrics, window, seconds, self.machine.clients,
+            record = _round_record(committed, window, seconds, self.machine.clients,
                                    eval_seconds)
             self.history.append(record)
-            checkpoint = Checkpoint(closed.round, closed.global_state, list(self.history),
+            checkpoint = Checkpoint(committed.round, committed.global_state, list(self.history),
                                     torch.get_rng_state().numpy().tobytes())
             await asyncio.to_thread(save_checkpoint, self.checkpoint_path, checkpoint)
             await asyncio.to_thread(self._results.write, list(self.history))
@@ -498,7 +511,7 @@ class AggregatorServer:
                                                    f"recorded: {exc}"))
 
 
-def _round_record(closed: protocol.RoundClosed, metrics: dict[str, float],
+def _round_record(closed: protocol.RoundCommitted,
                   window: Mapping[str, _Traffic], seconds: float,
                   capabilities: Mapping[str, Mapping[str, Any]],
                   eval_seconds: float) -> RoundRecord:
@@ -510,5 +523,5 @@ def _round_record(closed: protocol.RoundClosed, metrics: dict[str, float],
             cid, outcome.status, outcome.num_examples, dict(outcome.metrics), outcome.update_norm,
             outcome.clipped, outcome.code, traffic.payload_in, traffic.payload_out,
             traffic.wire_in, traffic.wire_out, dict(capabilities.get(cid, {})), outcome.reason))
-    return RoundRecord(closed.round, closed.attempt, seconds, metrics, dict(closed.train_metrics),
-                       clients, eval_seconds, closed.refused)
+    return RoundRecord(closed.round, closed.attempt, seconds, dict(closed.eval_metrics),
+                       dict(closed.train_metrics), clients, eval_seconds, closed.refused)
