@@ -33,8 +33,9 @@ from lpfl.config import RunConfig
 from lpfl.edge_client import cli as client_cli
 from lpfl.edge_client.connection import ClientSettings, EdgeClient
 from lpfl.protocol import RoundRules
+from lpfl.rounds import drive
 from lpfl.server import cli as server_cli
-from lpfl.server.app import AggregatorServer, RunOutcome
+from lpfl.server.app import AggregatorServer, Evaluate, RunOutcome
 from lpfl.server.auth import make_tokens
 from lpfl.server.results import JsonResultsWriter
 from lpfl.strategy import ClientUpdate, FedAvg
@@ -97,16 +98,13 @@ def strategy(clients_per_round: int, seed: int = 0) -> FedAvg:
     return FedAvg(clients_per_round, seed, round_settings)
 
 
-def reference_state(client_ids: Sequence[str], rounds: int,
-                    clients_per_round: int) -> dict[str, torch.Tensor]:
-    """The final global state of the same run done in-process with FedAvg."""
-    fedavg = strategy(clients_per_round)
-    state = initial_state()
-    for r in range(1, rounds + 1):
-        plan = fedavg.configure(r, client_ids)
-        updates = [FakeTrainer(cid).train_round(r, state, s) for cid, s in plan.items()]
-        state = fedavg.aggregate(updates)
-    return state
+def reference_state(client_ids: Sequence[str], rounds: int, clients_per_round: int,
+                    **round_rules: Any) -> dict[str, torch.Tensor]:
+    """The final global state of the same run done in process, through the server's round
+    machine under the same rules (:func:`lpfl.rounds.drive`, as ``lpfl simulate`` does)."""
+    trainers = {cid: FakeTrainer(cid) for cid in client_ids}
+    return drive(strategy(clients_per_round), initial_state(), RoundRules(**round_rules), rounds,
+                 trainers, evaluate)
 
 
 def free_port() -> int:
@@ -153,13 +151,14 @@ class InProcessRun:
 def make_server(folder: Path, tokens: Mapping[str, str], *, rounds: int, clients_per_round: int,
                 resume: bool = False, settings: Mapping[str, Any] | None = None,
                 initial: Mapping[str, torch.Tensor] | None = None,
-                **round_rules: Any) -> AggregatorServer:
+                evaluation: Evaluate = evaluate, **round_rules: Any) -> AggregatorServer:
     """A server on a free port writing into ``folder`` (build it inside a running loop)."""
     options = {"port": 0, "run_dir": str(folder), **(settings or {})}
     server_settings = ServerSettings(round=RoundRules(**round_rules), **options)
     return AggregatorServer(strategy=strategy(clients_per_round),
                             initial_state=initial_state() if initial is None else initial,
-                            evaluate=evaluate, results=JsonResultsWriter(folder / "results.json"),
+                            evaluate=evaluation,
+                            results=JsonResultsWriter(folder / "results.json"),
                             settings=server_settings, tokens=tokens, rounds=rounds, resume=resume)
 
 
@@ -175,11 +174,12 @@ def client(server: AggregatorServer, cid: str, token: str, trainer: FakeTrainer 
 async def run_in_process(folder: Path, client_ids: Sequence[str], *, rounds: int,
                          clients_per_round: int, trainers: Mapping[str, FakeTrainer] | None = None,
                          initial: Mapping[str, torch.Tensor] | None = None,
-                         timeout: float = 20.0, **round_rules: Any) -> InProcessRun:
+                         timeout: float = 20.0, evaluation: Evaluate = evaluate,
+                         **round_rules: Any) -> InProcessRun:
     """Run a whole fake federation in this event loop and return what happened."""
     tokens = make_tokens(client_ids)
     server = make_server(folder, tokens, rounds=rounds, clients_per_round=clients_per_round,
-                         initial=initial, **round_rules)
+                         initial=initial, evaluation=evaluation, **round_rules)
     serving = asyncio.create_task(server.run())
     await server.started.wait()
     clients = {cid: asyncio.create_task(

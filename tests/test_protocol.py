@@ -248,7 +248,7 @@ def test_recording_a_round_that_is_not_evaluating_is_a_bug() -> None:
     "rules",
     [{"min_updates": 0}, {"deadline_s": 0.0}, {"clip_norm": -1.0}, {"max_attempts": 0},
      {"clip_norm": 1.0}, {"clip": p.ClipMode.ABSOLUTE}, {"norm_multiplier": 0.9},
-     {"trim_fraction": 0.5},
+     {"trim_fraction": 0.5}, {"max_accuracy_drop": -0.1}, {"max_accuracy_drop": 1.5},
      {"update_encoding": "bf16"}, {"task_encoding": "zip"}, {"min_clients": -1}],
 )
 def test_rules_reject_bad_values(rules: dict[str, Any]) -> None:
@@ -354,3 +354,74 @@ def test_the_rules_pick_the_aggregation(aggregation: Aggregation, expected: floa
     m.handle(update("c2", 1, 2.0))
     closed = only(m.handle(update("c3", 1, 30.0)), p.RoundClosed)
     assert torch.allclose(closed.global_state["a"], torch.full((2, 3), expected))
+
+
+def guarded(rounds: int = 3, drop: float = 0.1, reference: float | None = 0.8) -> p.RoundMachine:
+    """A one-client machine whose accuracy guard allows ``drop``; ``reference`` is the initial
+    state's accuracy."""
+    return p.RoundMachine(FedAvg(1, 0, settings_for), GLOBAL,
+                          p.RoundRules(clip=p.ClipMode.OFF, max_accuracy_drop=drop), rounds,
+                          reference_metrics=None if reference is None else {"accuracy": reference})
+
+
+def evaluated(m: p.RoundMachine, round_number: int, accuracy: float) -> p.RoundCommitted:
+    verdict: p.RoundCommitted = only(
+        m.handle(p.RoundEvaluated(round_number, {"accuracy": accuracy})), p.RoundCommitted)
+    return verdict
+
+
+def test_the_accuracy_guard_refuses_a_state_whose_accuracy_collapses() -> None:
+    m = guarded(drop=0.1, reference=0.8)
+    join(m, "c1")
+    closed = only(m.handle(update("c1", 1, 0.5, train_loss=1.0)), p.RoundClosed)
+    assert torch.equal(closed.global_state["a"], torch.full((2, 3), 0.5))  # proposed
+    assert torch.equal(m.global_state["a"], GLOBAL["a"])  # not committed yet
+    with pytest.raises(ValueError, match="RoundEvaluated"):
+        m.handle(p.RoundRecorded(1))
+    verdict = evaluated(m, 1, 0.65)
+    assert "0.65 is 0.15 below the last committed state's 0.8" in verdict.refused
+    assert all(torch.equal(verdict.global_state[n], GLOBAL[n]) for n in GLOBAL)
+    assert verdict.eval_metrics == {"accuracy": 0.8}  # the kept state's
+    assert verdict.outcomes["c1"].status is p.Status.DISCARDED
+    assert verdict.outcomes["c1"].reason == "the round's aggregate was refused"
+    assert verdict.train_metrics == {}
+    # The next round starts from the kept state; a smaller drop is committed.
+    task = sends(m.handle(p.RoundRecorded(1)), wire.Task)["c1"]
+    assert task.tensors == encode_tensors(GLOBAL)
+    only(m.handle(update("c1", 2, 0.25)), p.RoundClosed)
+    verdict = evaluated(m, 2, 0.75)
+    assert not verdict.refused and verdict.eval_metrics == {"accuracy": 0.75}
+    assert torch.equal(m.global_state["a"], torch.full((2, 3), 0.25))
+    assert verdict.outcomes["c1"].status is p.Status.UPDATED
+
+
+def test_the_accuracy_guard_compares_with_the_last_committed_state() -> None:
+    m = guarded(rounds=3, drop=0.1, reference=None)
+    join(m, "c1")
+    only(m.handle(update("c1", 1, 1.0)), p.RoundClosed)
+    assert not evaluated(m, 1, 0.3).refused  # no reference yet: committed as it is
+    m.handle(p.RoundRecorded(1))
+    only(m.handle(update("c1", 2, 2.0)), p.RoundClosed)
+    assert not evaluated(m, 2, 0.9).refused  # gains are always committed
+    m.handle(p.RoundRecorded(2))
+    only(m.handle(update("c1", 3, 3.0)), p.RoundClosed)
+    assert "below the last committed state's 0.9" in evaluated(m, 3, 0.7).refused
+    end = m.handle(p.RoundRecorded(3))
+    final = only(end, p.RunFinished)
+    assert torch.equal(final.global_state["a"], torch.full((2, 3), 2.0))
+
+
+def test_the_accuracy_guard_needs_an_accuracy_and_is_off_by_default() -> None:
+    m = guarded()
+    join(m, "c1")
+    only(m.handle(update("c1", 1, 1.0)), p.RoundClosed)
+    with pytest.raises(ConfigError, match="max_accuracy_drop needs"):
+        m.handle(p.RoundEvaluated(1, {"mean": 1.0}))
+    plain = machine(rounds=1, per_round=1, clip=p.ClipMode.OFF)
+    assert not p.RoundRules().guards_accuracy
+    join(plain, "c1")
+    only(plain.handle(update("c1", 1, 1.0)), p.RoundClosed)
+    verdict = only(plain.handle(p.RoundEvaluated(1, {"accuracy": 0.0})), p.RoundCommitted)
+    assert not verdict.refused and torch.equal(plain.global_state["a"], torch.ones(2, 3))
+    with pytest.raises(ValueError, match="evaluated"):
+        plain.handle(p.RoundEvaluated(1, {"accuracy": 0.0}))

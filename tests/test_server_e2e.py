@@ -112,10 +112,9 @@ def assert_final_state(folder: Path, rounds: int, clients_per_round: int) -> Non
 def test_client_processes_reach_the_in_process_fedavg_result(
     tmp_path: Path, processes: Processes,
 ) -> None:
-    # Clipping off: the reference is plain FedAvg, and these clients' targets differ enough for
-    # the adaptive bound to clip some honest updates.
-    config, tokens = ff.write_run(tmp_path, IDS, rounds=3, clients_per_round=2, min_clients=3,
-                                  clip="off")
+    # Default rules: these clients' targets differ enough for the adaptive bound to clip some
+    # honest updates, and the in-process reference clips them the same way.
+    config, tokens = ff.write_run(tmp_path, IDS, rounds=3, clients_per_round=2, min_clients=3)
     port = processes.server(config)
     processes.clients(port, tokens)
     assert processes.wait("server") == 0, processes.log("server")
@@ -152,8 +151,7 @@ def test_round_completes_when_a_client_is_killed_mid_round_and_it_rejoins_later(
 def test_killed_server_resumes_and_no_completed_round_is_lost(
     tmp_path: Path, processes: Processes,
 ) -> None:
-    config, tokens = ff.write_run(tmp_path, IDS, rounds=4, clients_per_round=2, min_clients=3,
-                                  clip="off")  # the reference is plain FedAvg
+    config, tokens = ff.write_run(tmp_path, IDS, rounds=4, clients_per_round=2, min_clients=3)
     port = processes.server(config)
     processes.clients(port, tokens, delays="3:1.5")
     run_dir = tmp_path / "server"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,6 @@ import torch
 from lpfl import wire
 from lpfl.edge_client.connection import EdgeClient
 from lpfl.errors import ConfigError
-from lpfl.protocol import ClipMode
 from lpfl.server.app import RunOutcome
 from lpfl.server.auth import make_tokens
 from lpfl.server.checkpoint import load_checkpoint
@@ -27,7 +27,7 @@ IDS = ["c-1", "c-2", "c-3"]
 
 def test_run_matches_in_process_fedavg_and_records_every_round(tmp_path: Path) -> None:
     run = asyncio.run(ff.run_in_process(tmp_path, IDS, rounds=3, clients_per_round=2,
-                                        min_clients=3, clip=ClipMode.OFF))  # plain FedAvg
+                                        min_clients=3))
     assert run.outcome.completed
     expected = ff.reference_state(IDS, rounds=3, clients_per_round=2)
     for name, tensor in expected.items():
@@ -41,6 +41,8 @@ def test_run_matches_in_process_fedavg_and_records_every_round(tmp_path: Path) -
     results = json.loads((tmp_path / "results.json").read_text())
     assert [r["round"] for r in results["rounds"]] == [1, 2, 3]
     assert [r.round for r in checkpoint.rounds] == [1, 2, 3]
+    # Default clipping acts on these clients, and the in-process reference clipped alike.
+    assert any(c.clipped for r in checkpoint.rounds for c in r.clients)
     for document in results["rounds"]:
         record = RoundRecord.from_dict(document)
         assert record.to_dict() == document
@@ -170,3 +172,53 @@ def test_one_poisoning_client_cannot_break_the_model_with_default_settings(
     assert results[0]["refused"] == first.refused
     assert [c["status"] for c in results[0]["clients"] if c["client_id"] == "c-9"] == [
         "discarded"]
+
+
+@dataclass
+class SaboteurTrainer(ff.FakeTrainer):
+    """In ``attack_rounds``, a change far smaller than an honest one (nothing to clip) that
+    claims a huge number of examples, so FedAvg follows it and :func:`sign_accuracy` collapses;
+    an honest client otherwise."""
+
+    attack_rounds: frozenset[int] = frozenset({1})
+
+    def train_round(self, round_number: int, global_state: dict[str, torch.Tensor],
+                    settings: dict[str, Any]) -> ClientUpdate:
+        if round_number not in self.attack_rounds:
+            return super().train_round(round_number, global_state, settings)
+        self.rounds.append(round_number)
+        return ClientUpdate(self.client_id,
+                            {k: v - 0.01 for k, v in global_state.items()}, 10**9)
+
+
+def sign_accuracy(round_number: int, state: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """The fake world's accuracy: the share of values that are not negative."""
+    values = torch.cat([t.flatten() for t in state.values()])
+    return {"accuracy": float((values >= 0).float().mean())}
+
+
+def test_the_accuracy_guard_keeps_the_last_good_state_when_a_small_update_ruins_it(
+    tmp_path: Path,
+) -> None:
+    ids = [*IDS, "c-9"]
+    trainers = {**{cid: ff.FakeTrainer(cid) for cid in IDS}, "c-9": SaboteurTrainer("c-9")}
+    run = asyncio.run(ff.run_in_process(tmp_path, ids, rounds=3, clients_per_round=4,
+                                        trainers=trainers, evaluation=sign_accuracy,
+                                        max_accuracy_drop=0.1))
+    assert run.outcome.completed
+    first, *later = run.outcome.rounds
+    # Round 1's aggregate is close to the initial zeros (no norm bound is broken), but every
+    # value is negative: accuracy 0 against the initial state's 1.
+    assert "its accuracy 0 is 1 below the last committed state's 1" in first.refused
+    assert first.eval_metrics == {"accuracy": 1.0}  # the kept initial state's
+    rows = {c.client_id: c for c in first.clients}
+    assert not rows["c-9"].clipped and rows["c-9"].update_norm < 0.1
+    assert {c.status for c in first.clients} == {"discarded"}
+    assert all(not r.refused and r.eval_metrics == {"accuracy": 1.0} for r in later)
+    assert float(min(t.min() for t in run.outcome.global_state.values())) > 0
+    checkpoint = load_checkpoint(tmp_path / "checkpoint.safetensors")
+    for name, tensor in run.outcome.global_state.items():
+        torch.testing.assert_close(checkpoint.global_state[name], tensor)
+    results = json.loads((tmp_path / "results.json").read_text())["rounds"]
+    assert results[0]["refused"] == first.refused
+    assert results[0]["clients"][-1]["reason"] == "the round's aggregate was refused"
