@@ -29,7 +29,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from lpfl.simulate import FP32_RULES, federated_data, run_method
     from lpfl.transport_config import load_server_config
 
-    # The [server.round] encodings apply to the simulated wire too (lpfl.simulate.federate).
+    # The run file's [server.round] rules (encodings, clipping, aggregation, guards) apply to the
+    # simulation as to a server run of it (lpfl.simulate.federate); without a file, the defaults.
     rules = FP32_RULES
     if args.config:
         config, server = load_server_config(args.config, args.overrides)

@@ -16,6 +16,7 @@ the round rules in ``[server.round]``::
     deadline-s = 60
     clip = "adaptive"               # or "absolute" with clip-norm = ..., or "off"
     aggregation = "fedavg"          # or "median", "trimmed-mean", "norm-filter"
+    max-accuracy-drop = 0.05        # refuse a new state 5 points less accurate than the last
     update-encoding = "fp16"
 
 :func:`load_server_config` reads both parts; ``--set server.port=9000`` style overrides work like

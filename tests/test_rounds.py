@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 
+from lpfl import cli
 from lpfl.client_round import LocalClient
 from lpfl.config import RunConfig
 from lpfl.data import FederatedData
@@ -159,3 +161,19 @@ def test_the_simulation_applies_the_rules(toy_csv: Path) -> None:
     assert all(r["clipped"] == r["clients"] for r in run["rounds"])
     central, _ = federate(config, "centralized-no-soft", 0, data, lambda _: None, guarded)
     assert central["clip"] == "off" and central["rounds"][0]["clipped"] == []
+
+
+def test_lpfl_simulate_takes_the_round_rules_from_the_run_file(toy_csv: Path,
+                                                               tmp_path: Path) -> None:
+    run_file = tmp_path / "run.toml"
+    run_file.write_text(
+        f'[model]\nsource = "tiny-llama"\nmax_length = 48\n'
+        f'[data]\ndataset = "{toy_csv}"\ntest_size = 50\nvalidation_size = 0\n'
+        f"shots_per_class = 8\nunlabeled_per_client = 4\nnum_clients = 2\n"
+        f"[federation]\nrounds = 1\nclients_per_round = 2\nlocal_steps = 2\nbatch_size = 4\n"
+        f'[run]\nmethods = ["lp-fl-no-soft"]\n'
+        f'[server.round]\nclip = "absolute"\nclip-norm = 1e-4\naggregation = "median"\n')
+    assert cli.main(["simulate", "--config", str(run_file), "--out", str(tmp_path / "out")]) == 0
+    (run,) = json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
+    assert (run["clip"], run["aggregation"]) == ("absolute", "median")
+    assert run["rounds"][0]["clipped"] == ["client-0", "client-1"]
