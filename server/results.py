@@ -62,8 +62,9 @@ class RoundRecord:
     """Of :attr:`seconds`, the server's evaluation of the new global state: an instrument of
     the experiment, not a step of training, so reports can leave it out of time to accuracy."""
     refused: str = ""
-    """Why the guard refused the round's aggregate and kept the previous global state (its
-    clients' updates are then ``discarded``); empty when the new state was committed."""
+    """Why a guard (norm or accuracy) refused the round's aggregate and kept the previous global
+    state (its clients' updates are then ``discarded``, and :attr:`eval_metrics` are the kept
+    state's); empty when the new state was committed."""
 
     def total(self, name: str) -> int:
         """Sum of one of the byte counters over all clients."""

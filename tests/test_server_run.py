@@ -15,7 +15,7 @@ import torch
 from lpfl import wire
 from lpfl.edge_client.connection import EdgeClient
 from lpfl.errors import ConfigError
-from lpfl.server.app import RunOutcome
+from lpfl.server.app import AggregatorServer, RunOutcome
 from lpfl.server.auth import make_tokens
 from lpfl.server.checkpoint import load_checkpoint
 from lpfl.server.results import RoundRecord
@@ -222,3 +222,25 @@ def test_the_accuracy_guard_keeps_the_last_good_state_when_a_small_update_ruins_
     results = json.loads((tmp_path / "results.json").read_text())["rounds"]
     assert results[0]["refused"] == first.refused
     assert results[0]["clients"][-1]["reason"] == "the round's aggregate was refused"
+
+
+def test_the_accuracy_guards_reference_is_the_initial_state_then_the_recorded_one(
+    tmp_path: Path,
+) -> None:
+    evaluated: list[int] = []
+
+    def counting(round_number: int, state: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        evaluated.append(round_number)
+        return {**sign_accuracy(round_number, state), "round": float(round_number)}
+
+    asyncio.run(ff.run_in_process(tmp_path, ["c-1"], rounds=1, clients_per_round=1,
+                                  evaluation=counting, max_accuracy_drop=0.1))
+    assert evaluated == [0, 1]  # the initial state before the first round
+
+    async def resume() -> AggregatorServer:
+        return ff.make_server(tmp_path, make_tokens(["c-1"]), rounds=2, clients_per_round=1,
+                              resume=True, evaluation=counting, max_accuracy_drop=0.1)
+
+    server = asyncio.run(resume())
+    assert evaluated == [0, 1]  # a resumed server reads the last recorded evaluation
+    assert server.machine.committed_metrics == {"accuracy": 1.0, "round": 1.0}
