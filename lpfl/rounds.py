@@ -27,9 +27,9 @@ import torch
 
 from lpfl import protocol, wire
 from lpfl.errors import LpflError
-from lpfl.strategy import FedAvg
+from lpfl.strategy import ClientUpdate, FedAvg
 from lpfl.tensors import decode_tensors, encode_tensors
-from lpfl.trainer_api import Trainer, TrainResult
+from lpfl.trainer_api import Trainer
 
 Evaluate = Callable[[int, Mapping[str, torch.Tensor]], Mapping[str, float]]
 """``evaluate(round, state)``: metrics of a closed round's state (``accuracy`` when the rules
@@ -42,12 +42,13 @@ class RunAborted(LpflError):
 
 @dataclass(frozen=True)
 class DrivenRound:
-    """One recorded round: the machine's verdict, each sampled client's reply as it trained it
-    (before encoding; in task order, the order the machine folded them), the payload bytes each
-    direction carried, and the seconds from the round's first task to its verdict."""
+    """One recorded round: the machine's verdict, each sampled client's reply in task order (the
+    order the machine folded them) with its metrics and number of examples but not its state
+    (already folded in: an FP-FL state is hundreds of MB), the payload bytes each direction
+    carried, and the seconds from the round's first task to its verdict."""
 
     committed: protocol.RoundCommitted
-    replies: Mapping[str, TrainResult]
+    replies: Mapping[str, ClientUpdate]
     uplink_bytes: int
     downlink_bytes: int
     seconds: float
@@ -69,7 +70,7 @@ def drive(strategy: FedAvg, initial_state: Mapping[str, torch.Tensor],
     pending: deque[protocol.Action] = deque()
     for cid in sorted(clients):
         pending.extend(machine.handle(protocol.ClientJoined(cid, clients[cid].capabilities())))
-    replies: dict[str, TrainResult] = {}
+    replies: dict[str, ClientUpdate] = {}
     uplink = downlink = 0
     started: float | None = None
     received: tuple[bytes, dict[str, torch.Tensor]] | None = None
@@ -83,11 +84,12 @@ def drive(strategy: FedAvg, initial_state: Mapping[str, torch.Tensor],
                 reply = clients[cid].train_round(task.round, dict(received[1]),
                                                  dict(task.settings))
                 payload = encode_tensors(reply.state, task.update_encoding)
-                replies[cid] = reply
+                replies[cid] = ClientUpdate(cid, {}, reply.num_examples, dict(reply.metrics))
+                del reply
                 downlink += len(task.tensors)
                 uplink += len(payload)
-                message = wire.Update(task.round, cid, payload, reply.num_examples,
-                                      dict(reply.metrics))
+                message = wire.Update(task.round, cid, payload, replies[cid].num_examples,
+                                      replies[cid].metrics)
                 pending.extend(machine.handle(protocol.UpdateReceived(message)))
             case protocol.RoundClosed(round=number, global_state=state):
                 metrics = evaluate(number, state)

@@ -229,8 +229,7 @@ def federate(config: RunConfig, method: str, seed: int, data: FederatedData,
     def record(driven: DrivenRound) -> None:
         committed = driven.committed
         r = committed.round
-        updates = [ClientUpdate(cid, u.state, u.num_examples, u.metrics)
-                   for cid, u in driven.replies.items()]
+        updates = list(driven.replies.values())
         acc = committed.eval_metrics.get("accuracy")
         uplink = 0 if row.centralized else driven.uplink_bytes
         downlink = 0 if row.centralized else driven.downlink_bytes
