@@ -2,9 +2,10 @@
 
 The aggregator's websocket server (``lpfl.server``) is a thin adapter around :class:`RoundMachine`:
 it turns connections, messages and timers into events, hands them to :meth:`RoundMachine.handle`,
-and carries out the returned actions (send a message, start a timer, evaluate and checkpoint a
-closed round). Because the machine never touches a socket or a clock, every rule below is tested
-directly, event by event.
+and carries out the returned actions (send a message, start a timer, evaluate a closed round,
+checkpoint a committed one). :func:`lpfl.rounds.drive` is the in-process adapter the simulation
+and the robustness benchmark use. Because the machine never touches a socket or a clock, every
+rule below is tested directly, event by event.
 
 One round goes through these phases::
 
