@@ -7,11 +7,12 @@ The study file is a run file plus a ``[variants.NAME]`` table per variant: ``met
 ``lpfl simulate`` method), ``set`` (``--set``-style overrides) and run-file tables merged over
 the base file's (``[variants.NAME.soft_labels]``). Every run is scored on the
 ``--split`` (``validation`` by default, so variants can be compared and chosen without looking at
-the test split) and appended to ``DIR/results.json`` at once; a rerun skips finished runs, and
-several processes may share one ``--out`` (each takes its own variants or seeds). ``report.md``
-in ``DIR`` gives, per variant, the final accuracy (mean ± std over seeds) and the per-round
-soft-label diagnostics: soft labels added, their accuracy, the teacher's and the student's
-accuracy on the unlabeled pools (against hidden labels) and the share of labeled examples among
+the test split) and appended to ``DIR/results.json`` at once. A rerun skips finished runs (same
+variant name, changes and seed), variants can be added to the file later, and several processes
+may share one ``--out`` (each takes its own variants or seeds). ``report.md`` in ``DIR`` gives,
+per variant, the final accuracy (mean ± std over seeds) and the per-round soft-label
+diagnostics: soft labels added, their accuracy, the teacher's and the student's accuracy on the
+unlabeled pools (against hidden labels) and the share of labeled examples among
 what the clients trained on.
 """
 
@@ -45,6 +46,12 @@ class Variant:
     overrides: tuple[str, ...]
     sections: Mapping[str, Mapping[str, Any]]
     """Run-file tables merged over the base file's (e.g. ``soft_labels``)."""
+
+    def described(self) -> list[str]:
+        """Every change this variant makes to the base, as ``section.key=value`` lines."""
+        return [*self.overrides, *(f"{section}.{key}={value!r}"
+                                   for section, table in self.sections.items()
+                                   for key, value in table.items())]
 
 
 def load_study(path: Path) -> tuple[dict[str, Any], dict[str, Variant]]:
@@ -80,7 +87,8 @@ def run_study(table: Mapping[str, Any], variants: Sequence[Variant], seeds: Sequ
               split: str, results: ResultsFile) -> None:
     for seed in seeds:
         for variant in variants:
-            if any(r["variant"] == variant.name and r["seed"] == seed and r["split"] == split
+            if any((r["variant"], r["method"], r["overrides"], r["seed"], r["split"])
+                   == (variant.name, variant.method, variant.described(), seed, split)
                    for r in results.reload()):
                 continue
             config = variant_config(table, variant)
@@ -89,10 +97,7 @@ def run_study(table: Mapping[str, Any], variants: Sequence[Variant], seeds: Sequ
             if split == "validation":
                 data = dataclasses.replace(data, test=data.validation)
             run = run_method(config, variant.method, seed, data)
-            run.update(variant=variant.name, split=split,
-                       overrides=[*variant.overrides, *(f"{s}.{k}={v!r}" for s, t in
-                                                        variant.sections.items()
-                                                        for k, v in t.items())])
+            run.update(variant=variant.name, split=split, overrides=variant.described())
             results.add(run)
 
 
@@ -146,8 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         seeds = [int(s) for s in args.seeds.split(",")]
         base = config_from_dict(table)
         results = ResultsFile(args.out / "results.json", {
-            "study": read_toml(args.config), "environment": environment(base.model)})
-        results.require_same_config("study file, model or environment")
+            "base": table, "environment": environment(base.model)})
+        results.require_same_config("base settings, model or environment")
         run_study(table, [variants[name] for name in chosen], seeds, args.split, results)
     except LpflError as exc:
         print(f"error: {exc}", file=sys.stderr)
