@@ -43,7 +43,6 @@ from lpfl.rounds import DrivenRound, drive
 from lpfl.softlabels import teacher_log_probs
 from lpfl.strategy import ClientUpdate, FedAvg
 from lpfl.task import TaskSettings
-from lpfl.tensors import decode_tensors, encode_tensors, payload_nbytes
 from lpfl.training import accuracy, median_calibrated_predictions
 
 log = logging.getLogger(__name__)
@@ -153,17 +152,6 @@ def _clients(config: RunConfig, pm: PromptModel, data: FederatedData,
     return [LocalClient(f"client-{i}", i, pm, labeled, unlabeled, batch)
             for i, (labeled, unlabeled) in enumerate(zip(data.labeled, data.unlabeled,
                                                          strict=True))]
-
-
-def over_the_wire(state: Mapping[str, torch.Tensor], encoding: str
-                  ) -> tuple[dict[str, torch.Tensor], int]:
-    """``state`` as the receiver decodes it after :func:`~lpfl.tensors.encode_tensors` with
-    ``encoding``, and the payload's size in bytes. fp32 decodes to the very same values, so it
-    skips the copy (FP-FL states are hundreds of MB)."""
-    if encoding == "fp32":
-        return dict(state), payload_nbytes(state, encoding)
-    payload = encode_tensors(state, encoding)
-    return decode_tensors(payload), len(payload)
 
 
 def _pooled_rate(updates: list[ClientUpdate], correct: str, checked: str) -> float | None:
