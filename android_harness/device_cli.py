@@ -28,9 +28,9 @@ from typing import Any
 from urllib.parse import urlparse
 
 from lpfl.errors import ConfigError, LpflError
+from lpfl.profiles.devices import DeviceProfile, load_device_profile, profile_path
 
 from .adb import Adb, AdbError
-from .profiles import DeviceProfile, load_device_profile, profile_path
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def _action(actions: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     sub: argparse.ArgumentParser = actions.add_parser(name, help=help_text)
     sub.add_argument("--serial", required=True, help="adb serial (adb devices)")
     sub.add_argument("--profile", required=True,
-                     help="device profile TOML, or a name in configs/devices/")
+                     help="device profile TOML, or the name of a shipped profile")
     return sub
 
 

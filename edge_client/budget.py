@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lpfl.android_harness.profiles import load_device_profile
 from lpfl.client_round import LocalClient
 from lpfl.config import RunConfig
 from lpfl.errors import LpflError
+from lpfl.profiles.devices import load_device_profile
 from lpfl.task import TaskSettings
 from lpfl.trainer_api import peak_rss_bytes
 from lpfl.training import batch_plan, hard_example

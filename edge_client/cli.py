@@ -51,7 +51,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="train eagerly even if the artefact has an ExecuTorch training "
                         "program")
     parser.add_argument("--profile", type=Path,
-                        help="device profile TOML (or a name in configs/devices/): its threads, "
+                        help="device profile TOML (or the name of a shipped profile): its threads, "
                         "and a memory check before the first round")
     parser.add_argument("--give-up-after-s", type=float, default=600.0,
                         help="stop after this long without reaching the server (default 600)")

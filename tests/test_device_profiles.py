@@ -6,11 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from lpfl.android_harness.profiles import DEVICES_DIR, DeviceProfile, load_device_profile
 from lpfl.errors import ConfigError
-from lpfl.server.field.profiles import load_profiles
+from lpfl.profiles.devices import DEVICES_DIR, DeviceProfile, load_device_profile
+from lpfl.profiles.links import LINKS_FILE, load_profiles
 
-LINKS = Path(__file__).parent.parent / "configs" / "links.toml"
 GOOD = {"name": "p", "kind": "phone", "cpu_arch": "aarch64", "memory_budget_mb": 1024,
         "threads": 4, "link": "lte", "source": "a spec sheet"}
 
@@ -19,7 +18,7 @@ def test_the_shipped_profiles_cover_the_issue_and_name_known_links() -> None:
     profiles = {p.stem: load_device_profile(p) for p in DEVICES_DIR.glob("*.toml")}
     assert set(profiles) == {"emulator-x86_64", "emulator-arm64", "phone-midrange",
                              "jetson-orin-nano"}
-    links = {link.name for link in load_profiles(LINKS)}
+    links = {link.name for link in load_profiles(LINKS_FILE)}
     for stem, profile in profiles.items():
         assert profile.name == stem
         assert profile.link in links

@@ -8,17 +8,14 @@ import itertools
 import os
 import statistics
 import time
-from pathlib import Path
 
 import pytest
 
 from lpfl.errors import ConfigError
+from lpfl.profiles.links import LINKS_FILE, LinkProfile, load_profiles
 from lpfl.server.field.delay_proxy import Chunk, DelayProxy
-from lpfl.server.field.profiles import LinkProfile, load_profiles
 from lpfl.server.field.report import time_to_accuracy
 from lpfl.server.field.run import round_budget, transfer_seconds
-
-LINKS = Path(__file__).resolve().parents[1] / "configs" / "links.toml"
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -78,13 +75,13 @@ def test_a_transfer_is_timed_by_its_bytes_within_the_round_window() -> None:
 
 
 def test_link_profiles_load_with_their_sources() -> None:
-    profiles = {p.name: p for p in load_profiles(LINKS)}
+    profiles = {p.name: p for p in load_profiles(LINKS_FILE)}
     assert {"lte", "3g", "wifi"} <= set(profiles)
     assert all(p.source for p in profiles.values())
     assert profiles["3g"].uplink_mbit < 1 < profiles["lte"].uplink_mbit
     assert profiles["lte"].seconds_for(625_000, "up") == pytest.approx(1.0)
     with pytest.raises(ConfigError, match="no link profile named 5g"):
-        load_profiles(LINKS, ["5g"])
+        load_profiles(LINKS_FILE, ["5g"])
     with pytest.raises(ConfigError, match="source"):
         LinkProfile("x", 1.0, 1.0, 10.0, " ")
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from lpfl.profiles.links import LINKS_FILE
 from lpfl.server.field.netns import missing_privileges
 from lpfl.server.field.run import FieldPlan, field
 
@@ -18,7 +19,6 @@ from .test_launch import RUN
 pytestmark = pytest.mark.skipif(bool(missing_privileges()),
                                 reason=missing_privileges() or "root and iproute2 present")
 
-LINKS = Path(__file__).resolve().parents[1] / "configs" / "links.toml"
 
 
 def _field_namespaces() -> set[str]:
@@ -30,7 +30,7 @@ def test_a_tiny_field_run_writes_the_report(tmp_path: Path) -> None:
     run_file = tmp_path / "run.toml"
     run_file.write_text(RUN)
     out = tmp_path / "field"
-    plan = FieldPlan(config=run_file, links=LINKS, profiles=["lte"], clients=2, rounds=2,
+    plan = FieldPlan(config=run_file, links=LINKS_FILE, profiles=["lte"], clients=2, rounds=2,
                      methods=["lp-fl", "fp-fl"], out=out, time_budget_s=0.01,
                      run_timeout_s=300, verify_seconds=1.0)
     before = _field_namespaces()

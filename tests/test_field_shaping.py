@@ -4,22 +4,20 @@ not match its profile aborts with the measured figure."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 
+from lpfl.profiles.links import LINKS_FILE, load_profiles
 from lpfl.server.field.netns import Namespaces, missing_privileges
-from lpfl.server.field.profiles import load_profiles
 from lpfl.server.field.shaping import ShapingError, shape, verify
 
 pytestmark = pytest.mark.skipif(bool(missing_privileges()),
                                 reason=missing_privileges() or "root and iproute2 present")
 
-LINKS = Path(__file__).resolve().parents[1] / "configs" / "links.toml"
 
 
 def test_shaped_rates_measure_within_tolerance_and_a_wrong_one_aborts() -> None:
-    (lte,) = load_profiles(LINKS, ["lte"])
+    (lte,) = load_profiles(LINKS_FILE, ["lte"])
     with Namespaces(1) as (link,):
         shape(link, lte)
         measured = verify(link, lte, seconds=1.0, attempts=3)

@@ -19,6 +19,7 @@ from typing import Any
 
 from lpfl.errors import LpflError
 from lpfl.methods import METHODS
+from lpfl.profiles.links import LINKS_FILE
 
 from .netns import missing_privileges, sweep
 
@@ -31,8 +32,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "namespace behind a tc-shaped veth link and a delay proxy, once per link profile and "
         "method; write DIR/report.md with plots of bytes, seconds and accuracy.")
     parser.add_argument("--config", type=Path, help="TOML run file (required unless --cleanup)")
-    parser.add_argument("--links", type=Path, default=Path("configs/links.toml"),
-                        help="TOML link profiles (default configs/links.toml)")
+    parser.add_argument("--links", type=Path, default=LINKS_FILE,
+                        help="TOML link profiles (default: the ones lpfl ships: lte, 3g, wifi)")
     parser.add_argument("--profiles", default="lte,3g,wifi",
                         help="comma-separated profile names (default lte,3g,wifi)")
     parser.add_argument("--clients", type=int, default=2, help="client processes (default 2)")

@@ -32,6 +32,7 @@ from typing import Any
 from lpfl.config import RunConfig
 from lpfl.errors import LpflError
 from lpfl.methods import Trains, lookup
+from lpfl.profiles.links import LinkProfile, load_profiles
 from lpfl.transport_config import ServerSettings, load_server_config
 
 from ..launch import (
@@ -45,7 +46,6 @@ from ..launch import (
 from ..run_report import full_model_payload
 from .delay_proxy import Chunk, ProxyGroup
 from .netns import Namespaces, NotPermitted, missing_privileges
-from .profiles import LinkProfile, load_profiles
 from .shaping import shape, verify
 
 log = logging.getLogger(__name__)

@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass
 
 from lpfl.errors import LpflError
+from lpfl.profiles.links import LinkProfile
 
 from .netns import ClientLink
-from .profiles import LinkProfile
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Link profiles: the rates and round-trip time a field run shapes each client's link to.
 
-Profiles live in a TOML file (``configs/links.toml``), one table per profile::
+Profiles live in a TOML file, one table per profile (lpfl ships :data:`LINKS_FILE`)::
 
     [lte]
     uplink_mbit = 5.0      # client -> server
@@ -19,6 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lpfl.errors import ConfigError
+from lpfl.profiles import PACKAGED
+
+LINKS_FILE = PACKAGED / "links.toml"
+"""The link profiles that ship with lpfl: lte, 3g, wifi."""
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,13 @@
 """Device profiles: what an edge device may spend on a client, and how lpfl reaches it.
 
-One TOML file per device under ``configs/devices/``::
+One TOML file per device; lpfl ships some in ``lpfl/profiles/data/devices/``::
 
     name = "phone-midrange"
     kind = "phone"              # emulator | phone | jetson
     cpu_arch = "aarch64"        # aarch64 | x86_64
     memory_budget_mb = 1024     # the client's peak resident memory may not exceed this
     threads = 4                 # torch intra-op threads
-    link = "lte"                # a profile of configs/links.toml (shaping in `lpfl field`)
+    link = "lte"                # a link profile (lpfl.profiles.links; shaping in `lpfl field`)
     route = "termux"            # termux: adb + a Python in a Termux-style prefix; native: ssh/shell
     python = "/data/data/com.termux/files/usr/bin/python3"
     device_dir = "/data/local/tmp/lpfl"
@@ -25,13 +25,14 @@ from pathlib import Path
 
 from lpfl.config import build_section, read_toml
 from lpfl.errors import ConfigError
+from lpfl.profiles import PACKAGED
 
 KINDS = ("emulator", "phone", "jetson")
 ARCHS = ("aarch64", "x86_64")
 ROUTES = ("termux", "native")
 """termux: driven over adb (push, reverse, shell); native: a board you log in to (a Jetson)."""
-DEVICES_DIR = Path(__file__).resolve().parent.parent / "configs" / "devices"
-"""The profiles that ship with lpfl (in a source checkout)."""
+DEVICES_DIR = PACKAGED / "devices"
+"""The device profiles that ship with lpfl."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class DeviceProfile:
 
 
 def profile_path(name: str | Path) -> Path:
-    """The file a ``--profile`` value names: a path, or a bare name in ``configs/devices/``."""
+    """The file a ``--profile`` value names: a path, or the bare name of a shipped profile."""
     path = Path(name)
     return path if path.suffix or path.exists() else DEVICES_DIR / f"{path}.toml"
 
