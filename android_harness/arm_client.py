@@ -70,7 +70,7 @@ def choose_backend(manifest: Mapping[str, Any] | None,
     """The first exported runtime whose exact version is installed, else eager PyTorch.
 
     The runtime and ``runtime_version`` are read from each entry of the manifest's ``programs``
-    (the manifest of :mod:`lpfl.export.manifest`), or from its top level when it has no such
+    (the manifest of :mod:`lpfl.artefact`), or from its top level when it has no such
     list. ``installed`` maps lower-case distribution names to versions
     (:func:`installed_versions`).
     """

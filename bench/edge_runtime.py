@@ -113,8 +113,8 @@ def export_case(model: str, case: Case, max_seq_len: int, batch: int, buckets: t
     """Export ``case`` into a folder of ``root`` unless a finished export is already there
     (ExecuTorch score methods of ``batch`` rows for the sequence ``buckets``; training batch
     ``batch``)."""
+    from lpfl.artefact import MANIFEST_FILE
     from lpfl.export.config import ExportConfig
-    from lpfl.export.manifest import MANIFEST_FILE
     from lpfl.export.pipeline import run_export
 
     out = artefact_dir(root, case)
@@ -237,7 +237,7 @@ def adapter_swap_seconds(backends: Sequence[Backend], factory: EagerFactory,
 
 
 def _file_bytes(root: Path, case: Case, role: str) -> int | None:
-    from lpfl.export.manifest import load_manifest
+    from lpfl.artefact import load_manifest
 
     if case.runtime == "eager":
         return None

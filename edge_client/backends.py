@@ -68,7 +68,7 @@ def check_backend(backend: str, artefact: Path | None) -> None:
 def _program_trainer(artefact: Path) -> ProgramTrainer | None:
     """The artefact's training program, if it has one this ExecuTorch can run; else None (and
     the log says why, so eager training is never a silent fallback)."""
-    from lpfl.export.manifest import installed_version, load_manifest
+    from lpfl.artefact import installed_version, load_manifest
 
     from .program_trainer import ProgramTrainer
 
@@ -97,9 +97,8 @@ def program_runtime(backend: str, artefact: Path, model_id: str,
     model that ``eager_model`` builds. Only the eager path loads the torch model. The run's
     ``prompt`` and ``max_seq_len``, when given, must be the artefact's.
     """
-    from lpfl.export.manifest import runtime_version
-
-    from .program_scorer import ProgramScorer
+    from lpfl.artefact import runtime_version
+    from lpfl.program_scorer import ProgramScorer
 
     program = None if eager_training else _program_trainer(artefact)
     trainer: LocalTrainer

@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 
 from lpfl.errors import ArtefactError
+from lpfl.program_scorer import use_torch_threads
 from lpfl.training import TrainExample, batch_tensors
-
-from .program_scorer import use_torch_threads
 
 log = logging.getLogger(__name__)
 

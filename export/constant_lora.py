@@ -33,24 +33,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from lpfl.artefact import LORA_TAG, TOKEN_INPUTS, pad_tokens, tensor_bytes
 from lpfl.errors import ArtefactError
-from lpfl.export.scoring_graph import TOKEN_INPUTS, ScoringGraph, attention_mask_4d
+from lpfl.export.scoring_graph import ScoringGraph, attention_mask_4d
 from lpfl.model.prompt import PromptModel
 
 log = logging.getLogger(__name__)
 
 ATTENTION = "lpfl_grouped"
 """Name under which :func:`grouped_attention` is registered with transformers."""
-LORA_TAG = "lora"
-"""ExecuTorch's external-data tag of the LoRA constants, hence the data file ``lora.ptd``."""
-DATA_FILE = f"{LORA_TAG}.ptd"
-
-
-def method_name(seq_len: int) -> str:
-    """The score program's method for prompts padded to ``seq_len`` tokens."""
-    return f"forward_{seq_len}"
-
-
 def grouped_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor,
                       value: torch.Tensor, attention_mask: torch.Tensor | None, scaling: float,
                       dropout: float = 0.0, **_: Any) -> tuple[torch.Tensor, None]:
@@ -152,22 +143,6 @@ def static_example(pm: PromptModel, texts: list[str], batch: int,
     return tuple(pad_tokens([encoded[k] for k in TOKEN_INPUTS], batch, seq_len))
 
 
-def pad_tokens(tokens: list[torch.Tensor], batch: int, seq_len: int) -> list[torch.Tensor]:
-    """Left-pad ``(input_ids, attention_mask, position_ids)`` to ``seq_len`` (masked out) and
-    fill the batch up to ``batch`` rows with copies of the last row."""
-    rows, length = tokens[0].shape
-    if length > seq_len or rows > batch:
-        raise ArtefactError(f"a batch of {rows}x{length} tokens does not fit a {batch}x{seq_len} "
-                            "method")
-    out = []
-    for t in tokens:
-        t = nn.functional.pad(t, (seq_len - length, 0), value=0)
-        if rows < batch:
-            t = torch.cat([t, t[-1:].expand(batch - rows, seq_len)])
-        out.append(t)
-    return out
-
-
 def _unsqueeze_as_reshape(x: torch.Tensor, dim: int) -> torch.Tensor:
     shape = list(x.shape)
     dim = dim if dim >= 0 else dim + len(shape) + 1
@@ -213,10 +188,6 @@ def external_lora_tag(node: torch.fx.Node) -> str | None:
     return tag
 
 
-def _tensor_bytes(tensor: torch.Tensor) -> bytes:
-    return tensor.detach().to(torch.float32).contiguous().numpy().tobytes()
-
-
 def lora_keys(data: bytes, scorer: ConstantLoraScorer) -> dict[str, str]:
     """PEFT name -> key of that tensor in the data file ``data``, found by its (distinct)
     bytes; an ArtefactError if a LoRA tensor is missing from the file."""
@@ -226,31 +197,10 @@ def lora_keys(data: bytes, scorer: ConstantLoraScorer) -> dict[str, str]:
     payload = FlatTensorSerializer().deserialize(Cord(data))
     by_bytes = {bytes(payload.buffers[entry.buffer_index]): key
                 for key, entry in payload.named_data.items()}
-    keys = {name: by_bytes.get(_tensor_bytes(param))
+    keys = {name: by_bytes.get(tensor_bytes(param))
             for name, param in scorer.lora_params.items()}
     missing = [name for name, key in keys.items() if key is None]
     if missing:
         raise ArtefactError(f"LoRA tensors {missing[:3]} are not in the program's data file; "
                             "the exporter's tagging does not fit this ExecuTorch version")
     return {name: str(key) for name, key in keys.items()}
-
-
-def rewrite_lora_data(template: bytes, keys: Mapping[str, str],
-                      state: Mapping[str, torch.Tensor]) -> bytes:
-    """The data file ``template`` with each LoRA tensor's bytes replaced by ``state``'s (PEFT
-    names); shapes are checked by the caller, sizes here."""
-    from executorch.exir._serialize._cord import Cord
-    from executorch.extension.flat_tensor.serialize.serialize import FlatTensorSerializer
-
-    serializer = FlatTensorSerializer()
-    payload = serializer.deserialize(Cord(template))
-    buffers = list(payload.buffers)
-    for name, key in keys.items():
-        index = payload.named_data[key].buffer_index
-        new = _tensor_bytes(state[name])
-        if len(new) != len(buffers[index]):
-            raise ArtefactError(f"adapter tensor {name} has {len(new)} bytes, the program's "
-                                f"data file holds {len(buffers[index])}")
-        buffers[index] = new
-    payload.buffers = buffers
-    return bytes(serializer.serialize(payload))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from lpfl.export.scoring_graph import TOKEN_INPUTS
+from lpfl.artefact import TOKEN_INPUTS
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Parity of an exported score program with eager PyTorch: logits, decisions and speed.
 
 Run at the end of every export (and by the tests): the artefact is opened through the same
-:class:`~lpfl.edge_client.program_scorer.ProgramScorer` a client uses, and compared with the
+:class:`~lpfl.program_scorer.ProgramScorer` a client uses, and compared with the
 eager prompt model on MR sentences, with the exported (zero) adapter and with a random one fed
 as new inputs (the no-re-export path). fp32 programs must match within
 :data:`FP32_TOLERANCE` and agree on at least :data:`FP32_AGREEMENT` of the decisions; quantized
@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from lpfl.edge_client.program_scorer import ProgramScorer
 from lpfl.errors import ArtefactError
 from lpfl.model.adapters import load_trainable_state, trainable_state
 from lpfl.model.prompt import PromptModel
+from lpfl.program_scorer import ProgramScorer
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """``run_export``: the stages in order, the artefact folder, its manifest and parity check.
 
 An artefact folder holds ``score.pte`` or ``score.onnx`` (optionally ``train.pte``), the
-tokenizer files under ``tokenizer/`` and ``manifest.json`` (:mod:`lpfl.export.manifest`).
+tokenizer files under ``tokenizer/`` and ``manifest.json`` (:mod:`lpfl.artefact`).
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lpfl.artefact import Manifest, ProgramEntry, program_entry, write_manifest
 from lpfl.errors import ConfigError
 from lpfl.export import stages
 from lpfl.export.config import ExportConfig
 from lpfl.export.constant_lora import ConstantLoraScorer, lora_keys
-from lpfl.export.manifest import Manifest, ProgramEntry, program_entry, write_manifest
 from lpfl.export.onnx_export import export_onnx, quantize_onnx
 from lpfl.export.parity import Parity, check, measure, parity_texts
 from lpfl.export.scoring_graph import MAX_BATCH, ScoringGraph, dynamic_shapes, example_inputs
@@ -78,7 +78,7 @@ def build_training_program(config: ExportConfig, pm: PromptModel) -> ProgramEntr
 def run_export(config: ExportConfig) -> tuple[Manifest, Parity | None]:
     """Export ``config``'s model into ``config.out``; returns the manifest and the parity
     measured with the written artefact (None when ``parity_texts`` is 0)."""
-    from lpfl.edge_client.program_scorer import ProgramScorer
+    from lpfl.program_scorer import ProgramScorer
 
     run = config.run_config()
     pm = stages.load(run)

@@ -25,13 +25,13 @@ from torch import nn
 from torch.func import functional_call
 from transformers import PreTrainedModel
 
+from lpfl.artefact import TOKEN_INPUTS
 from lpfl.errors import ModelError
 from lpfl.model.adapters import trainable_state
 from lpfl.model.prompt import PromptModel
 
 log = logging.getLogger(__name__)
 
-TOKEN_INPUTS = ("input_ids", "attention_mask", "position_ids")
 MAX_BATCH = 64
 """Largest batch a program accepts (the batch dimension is dynamic up to this)."""
 EXAMPLE_TEXTS = ("a good movie", "an awful , boring and long movie")

@@ -20,14 +20,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from lpfl.artefact import DATA_FILE, LORA_TAG, method_name
 from lpfl.config import LoraSettings, RunConfig
 from lpfl.errors import ArtefactError
 from lpfl.export.constant_lora import (
-    DATA_FILE,
-    LORA_TAG,
     STATIC_VIEWS,
     external_lora_tag,
-    method_name,
     static_example,
     tag_lora_constants,
 )

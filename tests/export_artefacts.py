@@ -10,8 +10,8 @@ import functools
 import tempfile
 from pathlib import Path
 
+from lpfl.artefact import Manifest
 from lpfl.export.config import ExportConfig
-from lpfl.export.manifest import Manifest
 from lpfl.export.parity import Parity
 from lpfl.export.pipeline import run_export
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, eager_attention_forward
 
+from lpfl.artefact import TOKEN_INPUTS, pad_tokens, rewrite_lora_data, verify_files
 from lpfl.config import ModelSettings, RunConfig
 from lpfl.errors import ArtefactError, ConfigError
 from lpfl.export import stages
@@ -20,11 +21,8 @@ from lpfl.export.constant_lora import (
     ConstantLoraScorer,
     RMSNormAsLinear,
     grouped_attention,
-    pad_tokens,
-    rewrite_lora_data,
 )
-from lpfl.export.manifest import verify_files
-from lpfl.export.scoring_graph import TOKEN_INPUTS, attention_mask_4d
+from lpfl.export.scoring_graph import attention_mask_4d
 from lpfl.model.adapters import load_trainable_state
 from lpfl.model.prompt import PromptModel
 

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from lpfl.config import LoraSettings
-from lpfl.errors import ArtefactError
-from lpfl.export.manifest import (
+from lpfl.artefact import (
     Manifest,
     check_compatible,
     installed_version,
@@ -19,6 +17,8 @@ from lpfl.export.manifest import (
     verify_files,
     write_manifest,
 )
+from lpfl.config import LoraSettings
+from lpfl.errors import ArtefactError
 
 SHAPES = {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": (8, 64),
           "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": (64, 8)}

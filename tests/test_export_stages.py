@@ -7,17 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from lpfl.artefact import TOKEN_INPUTS
 from lpfl.config import LoraSettings, ModelSettings, RunConfig
 from lpfl.errors import ConfigError, ModelError
 from lpfl.export import stages
 from lpfl.export.config import ExportConfig
 from lpfl.export.parity import random_adapter
-from lpfl.export.scoring_graph import (
-    TOKEN_INPUTS,
-    ScoringGraph,
-    dynamic_shapes,
-    example_inputs,
-)
+from lpfl.export.scoring_graph import ScoringGraph, dynamic_shapes, example_inputs
 from lpfl.model.adapters import load_trainable_state, trainable_state
 from lpfl.model.prompt import PromptModel
 

@@ -13,13 +13,13 @@ import torch
 
 from lpfl.cli import main
 from lpfl.config import LoraSettings, ModelSettings, PromptSettings, RunConfig
-from lpfl.edge_client.program_scorer import ProgramScorer
 from lpfl.errors import ArtefactError, ConfigError
 from lpfl.export import pipeline, stages
 from lpfl.export.config import ExportConfig
 from lpfl.export.parity import FP32_TOLERANCE, parity_texts, random_adapter
 from lpfl.model.adapters import load_trainable_state, trainable_state
 from lpfl.model.prompt import PromptModel
+from lpfl.program_scorer import ProgramScorer
 from tests.export_artefacts import MAX_SEQ_LEN, exported
 
 RUNTIMES = {"executorch-xnnpack": "executorch", "onnx": "onnxruntime"}
@@ -112,7 +112,7 @@ def test_client_with_other_lora_shapes_is_refused(eager: PromptModel) -> None:
 
 
 def test_runtimes_are_imported_only_when_an_artefact_is_opened() -> None:
-    code = ("import sys, lpfl.cli, lpfl.edge_client.program_scorer, lpfl.export.pipeline; "
+    code = ("import sys, lpfl.cli, lpfl.program_scorer, lpfl.export.pipeline; "
             "assert not {'executorch', 'onnxruntime'} & set(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True)
 

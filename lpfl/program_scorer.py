@@ -20,18 +20,20 @@ from typing import Any, Protocol
 
 import torch
 
-from lpfl.config import PromptSettings
-from lpfl.errors import ArtefactError
-from lpfl.export.constant_lora import method_name, pad_tokens, rewrite_lora_data
-from lpfl.export.manifest import (
+from lpfl.artefact import (
+    TOKEN_INPUTS,
     Manifest,
     ProgramEntry,
     check_compatible,
     load_manifest,
+    method_name,
+    pad_tokens,
+    rewrite_lora_data,
     runtime_version,
     verify_files,
 )
-from lpfl.export.scoring_graph import TOKEN_INPUTS
+from lpfl.config import PromptSettings
+from lpfl.errors import ArtefactError
 from lpfl.model.prompt import PromptEncoder, score_in_length_order
 
 log = logging.getLogger(__name__)

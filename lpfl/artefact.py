@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import torch
+
 from lpfl.config import LoraSettings, PromptSettings, build_section
 from lpfl.errors import ArtefactError, ConfigError
 
@@ -247,3 +249,60 @@ def check_compatible(manifest: Manifest, *, runtime: str, runtime_version: str, 
                             f"({detail}); re-export with the run's [lora] settings "
                             f"(artefact: {manifest.lora}) or use --backend eager")
     log.debug("artefact for %s %s, model %s: compatible", runtime, runtime_version, model_id)
+
+
+# --- what a program client feeds an exported program -------------------------------------
+
+TOKEN_INPUTS = ("input_ids", "attention_mask", "position_ids")
+"""A score program's token inputs, in order (an ONNX program takes the LoRA tensors after them).
+"""
+LORA_TAG = "lora"
+"""ExecuTorch's external-data tag of the LoRA constants, hence the data file ``lora.ptd``."""
+DATA_FILE = f"{LORA_TAG}.ptd"
+
+
+def method_name(seq_len: int) -> str:
+    """The score program's method for prompts padded to ``seq_len`` tokens."""
+    return f"forward_{seq_len}"
+
+
+def pad_tokens(tokens: list[torch.Tensor], batch: int, seq_len: int) -> list[torch.Tensor]:
+    """Left-pad ``(input_ids, attention_mask, position_ids)`` to ``seq_len`` (masked out) and
+    fill the batch up to ``batch`` rows with copies of the last row."""
+    rows, length = tokens[0].shape
+    if length > seq_len or rows > batch:
+        raise ArtefactError(f"a batch of {rows}x{length} tokens does not fit a {batch}x{seq_len} "
+                            "method")
+    out = []
+    for t in tokens:
+        t = torch.nn.functional.pad(t, (seq_len - length, 0), value=0)
+        if rows < batch:
+            t = torch.cat([t, t[-1:].expand(batch - rows, seq_len)])
+        out.append(t)
+    return out
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """A tensor's float32 bytes, as a program's data file holds them."""
+    return tensor.detach().to(torch.float32).contiguous().numpy().tobytes()
+
+
+def rewrite_lora_data(template: bytes, keys: Mapping[str, str],
+                      state: Mapping[str, torch.Tensor]) -> bytes:
+    """The data file ``template`` with each LoRA tensor's bytes replaced by ``state``'s (PEFT
+    names); shapes are checked by the caller, sizes here."""
+    from executorch.exir._serialize._cord import Cord
+    from executorch.extension.flat_tensor.serialize.serialize import FlatTensorSerializer
+
+    serializer = FlatTensorSerializer()
+    payload = serializer.deserialize(Cord(template))
+    buffers = list(payload.buffers)
+    for name, key in keys.items():
+        index = payload.named_data[key].buffer_index
+        new = tensor_bytes(state[name])
+        if len(new) != len(buffers[index]):
+            raise ArtefactError(f"adapter tensor {name} has {len(new)} bytes, the program's "
+                                f"data file holds {len(buffers[index])}")
+        buffers[index] = new
+    payload.buffers = buffers
+    return bytes(serializer.serialize(payload))
