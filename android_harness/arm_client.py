@@ -31,9 +31,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lpfl.android_harness.arm_rootfs import (
+    RUN_MOUNT,
+    SRC_MOUNT,
+    VENV,
+    ChrootCommand,
+    chroot_command,
+    ensure_rootfs,
+)
 from lpfl.errors import ConfigError
-
-from .arm_rootfs import RUN_MOUNT, SRC_MOUNT, VENV, ChrootCommand, chroot_command, ensure_rootfs
 
 logger = logging.getLogger(__name__)
 

@@ -27,10 +27,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
 
+from lpfl.android_harness.adb import Adb, AdbError
 from lpfl.errors import ConfigError, LpflError
 from lpfl.profiles.devices import DeviceProfile, load_device_profile, profile_path
-
-from .adb import Adb, AdbError
 
 logger = logging.getLogger(__name__)
 

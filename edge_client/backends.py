@@ -28,7 +28,7 @@ from lpfl.runtime import ClientRuntime, EagerTrainer, LocalTrainer
 from lpfl.training import TrainExample
 
 if TYPE_CHECKING:
-    from .program_trainer import Encode, ProgramTrainer
+    from lpfl.edge_client.program_trainer import Encode, ProgramTrainer
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class ExecuTorchTrainer:
 
     def train(self, examples: Sequence[TrainExample], plan: Sequence[Sequence[int]], lr: float,
               weight_decay: float) -> float:
-        from .program_trainer import program_train_steps
+        from lpfl.edge_client.program_trainer import program_train_steps
 
         return program_train_steps(self.program, self.encode, examples, plan, lr, weight_decay)
 
@@ -69,8 +69,7 @@ def _program_trainer(artefact: Path) -> ProgramTrainer | None:
     """The artefact's training program, if it has one this ExecuTorch can run; else None (and
     the log says why, so eager training is never a silent fallback)."""
     from lpfl.artefact import installed_version, load_manifest
-
-    from .program_trainer import ProgramTrainer
+    from lpfl.edge_client.program_trainer import ProgramTrainer
 
     manifest = load_manifest(artefact)
     entries = [p for p in manifest.programs if p.role == "train"]

@@ -18,10 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lpfl.edge_client.connection import ClientSettings, EdgeClient
 from lpfl.errors import LpflError
 from lpfl.trainer_api import Trainer
-
-from .connection import ClientSettings, EdgeClient
 
 TrainerFactory = Callable[[argparse.Namespace], Trainer]
 """Builds the trainer from the parsed arguments (``client_id``, ``config``, ...)."""

@@ -12,14 +12,13 @@ import argparse
 import re
 
 from lpfl.client_round import LocalClient
+from lpfl.edge_client.backends import check_backend, program_runtime
 from lpfl.errors import ConfigError, LpflError
 from lpfl.model.loading import model_id_of
 from lpfl.model.prompt import PromptModel
 from lpfl.runtime import ClientRuntime
 from lpfl.simulate import federated_data, fresh_prompt_model, method_mode
 from lpfl.transport_config import load_server_config
-
-from .backends import check_backend, program_runtime
 
 
 def client_index(client_id: str, num_clients: int) -> int:
@@ -56,7 +55,7 @@ def lpfl_trainer(args: argparse.Namespace) -> LocalClient:
     client = LocalClient(args.client_id, index, model, data.labeled[index],
                          data.unlabeled[index], config.run.eval_batch_size)
     if args.profile is not None:
-        from .budget import enforce_profile
+        from lpfl.edge_client.budget import enforce_profile
 
         enforce_profile(client, config, args.profile)
     return client

@@ -42,13 +42,12 @@ from websockets.http11 import Request, Response
 
 from lpfl import protocol, wire
 from lpfl.errors import ConfigError, LpflError
+from lpfl.server.auth import TokenAuthenticator
+from lpfl.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from lpfl.server.results import ClientRecord, ResultsWriter, RoundRecord
+from lpfl.server.tls import server_ssl_context
 from lpfl.strategy import FedAvg
 from lpfl.transport_config import ServerSettings
-
-from .auth import TokenAuthenticator
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from .results import ClientRecord, ResultsWriter, RoundRecord
-from .tls import server_ssl_context
 
 logger = logging.getLogger(__name__)
 

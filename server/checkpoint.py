@@ -20,8 +20,7 @@ from safetensors.torch import save as st_save
 
 from lpfl.errors import ConfigError
 from lpfl.results import write_atomically
-
-from .results import RoundRecord
+from lpfl.server.results import RoundRecord
 
 _KEY = "lpfl.checkpoint"
 FORMAT_VERSION = 1

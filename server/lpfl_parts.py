@@ -15,6 +15,7 @@ import torch
 from lpfl.config import RunConfig
 from lpfl.errors import ConfigError
 from lpfl.model.adapters import load_trainable_state, trainable_state
+from lpfl.server.cli import ServerParts
 from lpfl.simulate import (
     Evaluator,
     federated_data,
@@ -22,8 +23,6 @@ from lpfl.simulate import (
     method_mode,
     method_strategy,
 )
-
-from .cli import ServerParts
 
 SERVABLE = ("lp-fl", "lp-fl-no-soft", "fp-fl", "fp-fl-no-soft")
 

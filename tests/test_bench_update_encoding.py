@@ -17,8 +17,7 @@ from lpfl.results import ResultsFile
 from lpfl.server.checkpoint import load_checkpoint
 from lpfl.server.launch import launch
 from lpfl.simulate import FP32_RULES, federate, federated_data
-
-from .test_launch import RUN
+from tests.test_launch import RUN
 
 INT8 = replace(FP32_RULES, update_encoding="int8")
 

@@ -21,9 +21,8 @@ from lpfl.edge_client.budget import (
 )
 from lpfl.simulate import federated_data, fresh_prompt_model, method_mode
 from lpfl.trainer_api import peak_rss_bytes
-
-from .conftest import tiny_config
-from .test_launch import RUN
+from tests.conftest import tiny_config
+from tests.test_launch import RUN
 
 MIB = 2**20
 

@@ -25,8 +25,7 @@ from lpfl.export.constant_lora import (
 from lpfl.export.scoring_graph import attention_mask_4d
 from lpfl.model.adapters import load_trainable_state
 from lpfl.model.prompt import PromptModel
-
-from .export_artefacts import exported
+from tests.export_artefacts import exported
 
 TEXTS = ["a great movie", "boring , long and bad", "it was fine"]
 RUN = RunConfig(model=ModelSettings(source="tiny-llama", max_length=48))

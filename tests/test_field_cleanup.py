@@ -20,8 +20,7 @@ from lpfl.server.field.netns import (
     missing_privileges,
     sweep,
 )
-
-from .test_launch import RUN
+from tests.test_launch import RUN
 
 pytestmark = pytest.mark.skipif(bool(missing_privileges()),
                                 reason=missing_privileges() or "root and iproute2 present")

@@ -13,8 +13,7 @@ import pytest
 from lpfl.profiles.links import LINKS_FILE
 from lpfl.server.field.netns import missing_privileges
 from lpfl.server.field.run import FieldPlan, field
-
-from .test_launch import RUN
+from tests.test_launch import RUN
 
 pytestmark = pytest.mark.skipif(bool(missing_privileges()),
                                 reason=missing_privileges() or "root and iproute2 present")

@@ -20,8 +20,7 @@ from typing import Any
 from lpfl.errors import LpflError
 from lpfl.methods import METHODS
 from lpfl.profiles.links import LINKS_FILE
-
-from .netns import missing_privileges, sweep
+from lpfl.server.field.netns import missing_privileges, sweep
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -64,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report_only:
         if args.out is None:
             raise LpflError("--report-only needs --out")
-        from .report import write_field_report
+        from lpfl.server.field.report import write_field_report
 
         print(f"wrote {write_field_report(args.out, args.target_accuracy)}")
         return 0
@@ -79,9 +78,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.config is None or args.out is None:
         raise LpflError("--config and --out are required (unless --cleanup)")
+    from lpfl.server.field.run import FieldPlan, field
     from lpfl.transport_config import load_server_config
-
-    from .run import FieldPlan, field
 
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]

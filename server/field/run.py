@@ -33,9 +33,10 @@ from lpfl.config import RunConfig
 from lpfl.errors import LpflError
 from lpfl.methods import Trains, lookup
 from lpfl.profiles.links import LinkProfile, load_profiles
-from lpfl.transport_config import ServerSettings, load_server_config
-
-from ..launch import (
+from lpfl.server.field.delay_proxy import Chunk, ProxyGroup
+from lpfl.server.field.netns import Namespaces, NotPermitted, missing_privileges
+from lpfl.server.field.shaping import shape, verify
+from lpfl.server.launch import (
     free_port,
     prepare_run_dir,
     read_rounds,
@@ -43,10 +44,8 @@ from ..launch import (
     wait_for_port,
     watch_rounds,
 )
-from ..run_report import full_model_payload
-from .delay_proxy import Chunk, ProxyGroup
-from .netns import Namespaces, NotPermitted, missing_privileges
-from .shaping import shape, verify
+from lpfl.server.run_report import full_model_payload
+from lpfl.transport_config import ServerSettings, load_server_config
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +233,7 @@ class FieldRunner:
 
     def run(self) -> Path:
         """Every profile and method; returns the report's path."""
-        from .report import write_field_report
+        from lpfl.server.field.report import write_field_report
 
         self.plan.out.mkdir(parents=True, exist_ok=True)
         written = []

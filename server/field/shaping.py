@@ -19,8 +19,7 @@ from dataclasses import dataclass
 
 from lpfl.errors import LpflError
 from lpfl.profiles.links import LinkProfile
-
-from .netns import ClientLink
+from lpfl.server.field.netns import ClientLink
 
 log = logging.getLogger(__name__)
 
