@@ -54,10 +54,10 @@ import torch
 from lpfl.edge_client.connection import ClientSettings, EdgeClient
 from lpfl.protocol import RoundRules
 from lpfl.server.app import AggregatorServer
-from lpfl.server.auth import make_tokens
 from lpfl.server.results import JsonResultsWriter
 from lpfl.strategy import ClientUpdate, FedAvg
 from lpfl.tensors import ENCODINGS, encode_tensors
+from lpfl.tokens import make_tokens
 from lpfl.trainer_api import device_capabilities, peak_rss_bytes
 
 logger = logging.getLogger("bench.aggregator")

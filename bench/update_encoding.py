@@ -29,8 +29,8 @@ from typing import Any
 import torch
 
 from lpfl.errors import LpflError
+from lpfl.harness.run_report import full_model_payload
 from lpfl.results import ResultsFile
-from lpfl.server.run_report import full_model_payload
 from lpfl.simulate import base_parameters, federate, federated_data
 from lpfl.tensors import ENCODINGS
 from lpfl.transport_config import load_server_config

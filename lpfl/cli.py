@@ -88,7 +88,7 @@ def cmd_bench_accuracy(args: argparse.Namespace) -> int:
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
-    from lpfl.server.launch import launch
+    from lpfl.harness.launch import launch
 
     report = launch(args.config, args.clients, args.out)
     print(f"wrote {args.out / 'results.json'} and {report}")
@@ -117,7 +117,7 @@ def _add_network_commands(sub: Any) -> None:
     launch.add_argument("--clients", type=int, default=3, help="number of client processes")
     launch.add_argument("--out", type=Path, required=True, help="output folder")
     launch.set_defaults(func=cmd_launch)
-    from lpfl.server.field import cli as field_cli
+    from lpfl.harness.field import cli as field_cli
 
     field_cli.add_parser(sub)
 

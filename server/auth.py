@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import hmac
 import http
-import json
 import logging
 import secrets
-from collections.abc import Iterable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 
 from websockets.asyncio.server import ServerConnection
 from websockets.http11 import Request, Response
@@ -24,34 +22,6 @@ from lpfl import wire
 from lpfl.errors import ConfigError
 
 logger = logging.getLogger(__name__)
-
-MIN_TOKEN_CHARS = 16
-
-
-def make_tokens(client_ids: Iterable[str]) -> dict[str, str]:
-    """A fresh random token (192 bits, hex: safe on any command line) for each client id."""
-    return {cid: secrets.token_hex(24) for cid in client_ids}
-
-
-def load_tokens(path: str | Path) -> dict[str, str]:
-    """Read a tokens file: a JSON object mapping client ids to tokens of at least 16 characters."""
-    p = Path(path)
-    try:
-        table = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"tokens file {p}: cannot read a JSON object: {exc}") from None
-    if not isinstance(table, dict) or not table:
-        raise ConfigError(f"tokens file {p}: expected a non-empty JSON object of id -> token")
-    for client_id, token in table.items():
-        try:
-            wire.check_client_id(client_id)
-        except wire.WireError as exc:
-            raise ConfigError(f"tokens file {p}: {exc.reason}") from None
-        if not isinstance(token, str) or len(token) < MIN_TOKEN_CHARS or not token.isascii():
-            raise ConfigError(f"tokens file {p}: the token of {client_id!r} must be an ASCII "
-                              f"string of at least {MIN_TOKEN_CHARS} characters")
-    return dict(table)
-
 
 class TokenAuthenticator:
     """``process_request`` hook for :func:`websockets.asyncio.server.serve`."""

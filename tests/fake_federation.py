@@ -36,9 +36,9 @@ from lpfl.protocol import RoundRules
 from lpfl.rounds import drive
 from lpfl.server import cli as server_cli
 from lpfl.server.app import AggregatorServer, Evaluate, RunOutcome
-from lpfl.server.auth import make_tokens
 from lpfl.server.results import JsonResultsWriter
 from lpfl.strategy import ClientUpdate, FedAvg
+from lpfl.tokens import make_tokens
 from lpfl.trainer_api import device_capabilities
 from lpfl.transport_config import ServerSettings
 

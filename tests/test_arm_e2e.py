@@ -29,7 +29,7 @@ from lpfl.android_harness.arm_client import (
     start_arm_client,
 )
 from lpfl.errors import ConfigError
-from lpfl.server.launch import (
+from lpfl.harness.launch import (
     free_port,
     prepare_run_dir,
     stop_processes,

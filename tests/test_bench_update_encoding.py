@@ -13,9 +13,9 @@ import torch
 
 from bench import update_encoding
 from lpfl.config import config_from_dict
+from lpfl.harness.launch import launch
 from lpfl.results import ResultsFile
 from lpfl.server.checkpoint import load_checkpoint
-from lpfl.server.launch import launch
 from lpfl.simulate import FP32_RULES, federate, federated_data
 from tests.test_launch import RUN
 

@@ -27,16 +27,16 @@ from lpfl.edge_client.backends import check_backend, program_runtime
 from lpfl.edge_client.lpfl_trainer import lpfl_trainer
 from lpfl.errors import ArtefactError, ConfigError
 from lpfl.export.config import ExportConfig
-from lpfl.model.adapters import trainable_state
-from lpfl.model.prompt import PromptModel
-from lpfl.runtime import ClientRuntime
-from lpfl.server.launch import (
+from lpfl.harness.launch import (
     free_port,
     prepare_run_dir,
     stop_processes,
     wait_for_port,
     watch_rounds,
 )
+from lpfl.model.adapters import trainable_state
+from lpfl.model.prompt import PromptModel
+from lpfl.runtime import ClientRuntime
 from lpfl.simulate import fresh_prompt_model
 from tests.export_artefacts import MAX_SEQ_LEN, exported
 from tests.test_launch import RUN

@@ -18,7 +18,7 @@ from lpfl.edge_client import cli as client_cli
 from lpfl.edge_client.connection import Backoff, ClientError, ClientSettings, EdgeClient
 from lpfl.errors import ConfigError, LpflError
 from lpfl.server.app import RunOutcome
-from lpfl.server.auth import make_tokens
+from lpfl.tokens import make_tokens
 from tests import fake_federation as ff
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from lpfl.server.field.netns import (
+from lpfl.harness.field.netns import (
     STATE_DIR,
     Namespaces,
     ProcessId,
@@ -84,7 +84,7 @@ def test_field_cleanup_removes_what_a_killed_orchestrator_left(tmp_path: Path) -
 # Made and recorded by a process that is then killed: a namespace with a process inside.
 _VICTIM = """
 import subprocess, sys, time
-from lpfl.server.field.netns import Namespaces
+from lpfl.harness.field.netns import Namespaces
 ns = Namespaces(1)
 (link,) = ns.__enter__()
 inside = subprocess.Popen([*link.exec_prefix(), "sleep", "600"])

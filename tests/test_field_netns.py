@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from lpfl.errors import LpflError
-from lpfl.server.field import cli, netns
-from lpfl.server.field.netns import Namespaces, list_owned, missing_privileges
+from lpfl.harness.field import cli, netns
+from lpfl.harness.field.netns import Namespaces, list_owned, missing_privileges
 
 needs_root = pytest.mark.skipif(bool(missing_privileges()),
                                 reason=missing_privileges() or "root and iproute2 present")

@@ -12,10 +12,10 @@ import time
 import pytest
 
 from lpfl.errors import ConfigError
+from lpfl.harness.field.delay_proxy import Chunk, DelayProxy
+from lpfl.harness.field.report import time_to_accuracy
+from lpfl.harness.field.run import round_budget, transfer_seconds
 from lpfl.profiles.links import LINKS_FILE, LinkProfile, load_profiles
-from lpfl.server.field.delay_proxy import Chunk, DelayProxy
-from lpfl.server.field.report import time_to_accuracy
-from lpfl.server.field.run import round_budget, transfer_seconds
 
 
 async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

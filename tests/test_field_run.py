@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from lpfl.harness.field.netns import missing_privileges
+from lpfl.harness.field.run import FieldPlan, field
 from lpfl.profiles.links import LINKS_FILE
-from lpfl.server.field.netns import missing_privileges
-from lpfl.server.field.run import FieldPlan, field
 from tests.test_launch import RUN
 
 pytestmark = pytest.mark.skipif(bool(missing_privileges()),

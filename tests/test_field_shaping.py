@@ -7,9 +7,9 @@ import dataclasses
 
 import pytest
 
+from lpfl.harness.field.netns import Namespaces, missing_privileges
+from lpfl.harness.field.shaping import ShapingError, shape, verify
 from lpfl.profiles.links import LINKS_FILE, load_profiles
-from lpfl.server.field.netns import Namespaces, missing_privileges
-from lpfl.server.field.shaping import ShapingError, shape, verify
 
 pytestmark = pytest.mark.skipif(bool(missing_privileges()),
                                 reason=missing_privileges() or "root and iproute2 present")

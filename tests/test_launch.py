@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 
 from lpfl.config import config_from_dict
+from lpfl.harness.launch import launch
 from lpfl.server.checkpoint import load_checkpoint
-from lpfl.server.launch import launch
 from lpfl.simulate import federate, federated_data
 
 RUN = """

@@ -26,7 +26,7 @@ from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
 from lpfl.server.app import RunOutcome
-from lpfl.server.auth import make_tokens
+from lpfl.tokens import make_tokens
 from tests import fake_federation as ff
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"

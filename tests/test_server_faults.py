@@ -25,8 +25,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from lpfl import protocol, wire
 from lpfl.edge_client.connection import ClientError
 from lpfl.server.app import AggregatorServer, RunOutcome
-from lpfl.server.auth import make_tokens
 from lpfl.tensors import encode_tensors
+from lpfl.tokens import make_tokens
 from lpfl.transport_config import ServerSettings
 from tests import fake_federation as ff
 

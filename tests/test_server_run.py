@@ -16,10 +16,10 @@ from lpfl import wire
 from lpfl.edge_client.connection import EdgeClient
 from lpfl.errors import ConfigError
 from lpfl.server.app import AggregatorServer, RunOutcome
-from lpfl.server.auth import make_tokens
 from lpfl.server.checkpoint import load_checkpoint
 from lpfl.server.results import RoundRecord
 from lpfl.strategy import ClientUpdate
+from lpfl.tokens import make_tokens
 from tests import fake_federation as ff
 
 IDS = ["c-1", "c-2", "c-3"]

@@ -18,10 +18,11 @@ from lpfl.errors import ConfigError, LpflError
 from lpfl.protocol import ClipMode, RoundRules
 from lpfl.results import write_atomically
 from lpfl.server import cli as server_cli
-from lpfl.server.auth import TokenAuthenticator, load_tokens, make_tokens
+from lpfl.server.auth import TokenAuthenticator
 from lpfl.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from lpfl.server.results import ClientRecord, JsonResultsWriter, RoundRecord
 from lpfl.strategy import Aggregation
+from lpfl.tokens import load_tokens, make_tokens
 from lpfl.transport_config import ServerSettings, load_server_config, server_settings_from_dict
 
 RECORD = RoundRecord(

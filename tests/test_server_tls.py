@@ -11,8 +11,8 @@ import torch
 
 from lpfl.edge_client.connection import ClientError
 from lpfl.server.app import RunOutcome
-from lpfl.server.auth import make_tokens
 from lpfl.server.tls import make_self_signed_cert
+from lpfl.tokens import make_tokens
 from tests import fake_federation as ff
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")

@@ -21,7 +21,7 @@ from typing import Any
 
 from lpfl.errors import LpflError
 from lpfl.report import human_bytes
-from lpfl.server.auth import make_tokens
+from lpfl.tokens import make_tokens
 from lpfl.transport_config import load_server_config
 
 log = logging.getLogger(__name__)
@@ -142,6 +142,6 @@ def launch(config_path: Path, clients: int, out: Path, timeout_s: float = 3600.0
             watch_rounds(server, out / "results.json", config.federation.rounds, timeout_s)
         finally:
             stop_processes([*procs, server])
-    from lpfl.server.run_report import write_run_report
+    from lpfl.harness.run_report import write_run_report
 
     return write_run_report(out, config, server_settings.round.update_encoding)

@@ -3,7 +3,7 @@ its own network namespace behind a shaped veth link and a delay proxy.
 
 Layout of one run (``OUT/<profile>/<method>/``): the server (``lpfl server``) listens on
 127.0.0.1 in the root namespace; client ``i`` runs ``lpfl client`` in namespace ``<prefix>-c<i>``
-and connects to a :class:`~lpfl.server.field.delay_proxy.DelayProxy` on its veth's root end,
+and connects to a :class:`~lpfl.harness.field.delay_proxy.DelayProxy` on its veth's root end,
 which forwards to the server with half the profile's RTT each way. ``tc tbf`` shapes the veth
 (uplink on the client end, downlink on the root end) and is verified before the runs of a
 profile. The server writes ``results.json`` as in ``lpfl launch``; this module adds
@@ -31,12 +31,10 @@ from typing import Any
 
 from lpfl.config import RunConfig
 from lpfl.errors import LpflError
-from lpfl.methods import Trains, lookup
-from lpfl.profiles.links import LinkProfile, load_profiles
-from lpfl.server.field.delay_proxy import Chunk, ProxyGroup
-from lpfl.server.field.netns import Namespaces, NotPermitted, missing_privileges
-from lpfl.server.field.shaping import shape, verify
-from lpfl.server.launch import (
+from lpfl.harness.field.delay_proxy import Chunk, ProxyGroup
+from lpfl.harness.field.netns import Namespaces, NotPermitted, missing_privileges
+from lpfl.harness.field.shaping import shape, verify
+from lpfl.harness.launch import (
     free_port,
     prepare_run_dir,
     read_rounds,
@@ -44,7 +42,9 @@ from lpfl.server.launch import (
     wait_for_port,
     watch_rounds,
 )
-from lpfl.server.run_report import full_model_payload
+from lpfl.harness.run_report import full_model_payload
+from lpfl.methods import Trains, lookup
+from lpfl.profiles.links import LinkProfile, load_profiles
 from lpfl.transport_config import ServerSettings, load_server_config
 
 log = logging.getLogger(__name__)
@@ -233,7 +233,7 @@ class FieldRunner:
 
     def run(self) -> Path:
         """Every profile and method; returns the report's path."""
-        from lpfl.server.field.report import write_field_report
+        from lpfl.harness.field.report import write_field_report
 
         self.plan.out.mkdir(parents=True, exist_ok=True)
         written = []

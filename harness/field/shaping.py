@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass
 
 from lpfl.errors import LpflError
+from lpfl.harness.field.netns import ClientLink
 from lpfl.profiles.links import LinkProfile
-from lpfl.server.field.netns import ClientLink
 
 log = logging.getLogger(__name__)
 

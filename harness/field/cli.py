@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from lpfl.errors import LpflError
+from lpfl.harness.field.netns import missing_privileges, sweep
 from lpfl.methods import METHODS
 from lpfl.profiles.links import LINKS_FILE
-from lpfl.server.field.netns import missing_privileges, sweep
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report_only:
         if args.out is None:
             raise LpflError("--report-only needs --out")
-        from lpfl.server.field.report import write_field_report
+        from lpfl.harness.field.report import write_field_report
 
         print(f"wrote {write_field_report(args.out, args.target_accuracy)}")
         return 0
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.config is None or args.out is None:
         raise LpflError("--config and --out are required (unless --cleanup)")
-    from lpfl.server.field.run import FieldPlan, field
+    from lpfl.harness.field.run import FieldPlan, field
     from lpfl.transport_config import load_server_config
 
     methods = [m for m in args.methods.split(",") if m]

@@ -1,0 +1,2 @@
+"""Harnesses that start a server plus clients and measure them: ``lpfl launch`` (processes on
+loopback) and ``lpfl field`` (shaped links between network namespaces)."""
