@@ -71,7 +71,7 @@ TARGETS = {"q_proj": HIDDEN, "v_proj": KV_DIM}
 """Target module -> its output size (its input is always ``HIDDEN``)."""
 
 DEFAULT_MAX_CONCURRENT_UPLOADS = 8
-"""The server's own default (:class:`lpfl.transport_config.ServerSettings`), used unless told."""
+"""The server's own default (:class:`lpfl.transport.ServerSettings`), used unless told."""
 DEADLINE_S = 900.0
 """Generous: the round should close because every client replied, never by the deadline."""
 KEEPALIVE_S = 300.0
@@ -193,7 +193,7 @@ def _settings_for_round(round_number: int) -> dict[str, Any]:
 
 async def _serve(args: argparse.Namespace) -> dict[str, Any]:
     """Run one round with the real server; print the port once listening; return measurements."""
-    from lpfl.transport_config import ServerSettings
+    from lpfl.transport import ServerSettings
 
     tokens: dict[str, str] = json.loads(Path(args.tokens).read_text(encoding="utf-8"))
     clients = len(tokens)

@@ -33,7 +33,7 @@ from lpfl.harness.run_report import full_model_payload
 from lpfl.results import ResultsFile
 from lpfl.simulate import base_parameters, federate, federated_data
 from lpfl.tensors import ENCODINGS
-from lpfl.transport_config import load_server_config
+from lpfl.transport import load_server_config
 
 METHOD = "lp-fl"
 FP_FL_ENCODING = "fp16"

@@ -29,7 +29,7 @@ from urllib.parse import urlparse
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
-from lpfl import wire
+from lpfl import transport, wire
 from lpfl.errors import ConfigError, LpflError
 from lpfl.tensors import decode_tensors, encode_tensors
 from lpfl.trainer_api import Trainer, peak_rss_bytes
@@ -105,8 +105,9 @@ class Backoff:
         self._attempt = 0
 
 
-class MeteredClientConnection(wire.MeteredProtocol, ClientConnection):
-    """A client connection that counts every byte on its transport (:class:`wire.ByteMeter`)."""
+class MeteredClientConnection(transport.MeteredProtocol, ClientConnection):
+    """A client connection that counts every byte on its transport
+    (:class:`~lpfl.transport.ByteMeter`)."""
 
 
 class EdgeClient:

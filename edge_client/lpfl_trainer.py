@@ -18,7 +18,7 @@ from lpfl.model.loading import model_id_of
 from lpfl.model.prompt import PromptModel
 from lpfl.runtime import ClientRuntime
 from lpfl.simulate import federated_data, fresh_prompt_model, method_mode
-from lpfl.transport_config import load_server_config
+from lpfl.transport import load_server_config
 
 
 def client_index(client_id: str, num_clients: int) -> int:

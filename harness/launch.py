@@ -22,7 +22,7 @@ from typing import Any
 from lpfl.errors import LpflError
 from lpfl.report import human_bytes
 from lpfl.tokens import make_tokens
-from lpfl.transport_config import load_server_config
+from lpfl.transport import load_server_config
 
 log = logging.getLogger(__name__)
 

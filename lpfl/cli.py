@@ -27,7 +27,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from lpfl.report import write_report
     from lpfl.results import ResultsFile
     from lpfl.simulate import FP32_RULES, federated_data, run_method
-    from lpfl.transport_config import load_server_config
+    from lpfl.transport import load_server_config
 
     # The run file's [server.round] rules (encodings, clipping, aggregation, guards) apply to the
     # simulation as to a server run of it (lpfl.simulate.federate); without a file, the defaults.

@@ -2,7 +2,7 @@
 
 A run file is TOML with one table per stage (``[model]``, ``[prompt]``, ``[lora]``,
 ``[soft_labels]``, ``[data]``, ``[federation]``, ``[run]``), plus an optional ``[server]`` table
-that only ``lpfl server`` reads (:mod:`lpfl.transport_config`). Keys may be written with dashes or
+that only ``lpfl server`` reads (:mod:`lpfl.transport`). Keys may be written with dashes or
 underscores. Any value can be overridden from the command line with ``--set section.key=value``
 (the value is parsed as TOML, so ``--set federation.rounds=3`` and
 ``--set run.methods='["lp-fl"]'`` both work). Every problem is reported as a :class:`ConfigError`
@@ -417,7 +417,7 @@ def with_values(config: RunConfig, values: Mapping[str, Any]) -> RunConfig:
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
     """Load a TOML run file (or the defaults when ``path`` is None) and apply overrides."""
     table = read_toml(path) if path is not None else {}
-    table.pop("server", None)  # read by `lpfl server` (lpfl.transport_config), not by a run
+    table.pop("server", None)  # read by `lpfl server` (lpfl.transport), not by a run
     try:
         return config_from_dict(table, overrides)
     except ConfigError as exc:

@@ -24,12 +24,10 @@ means for the byte accounting: everything a connection reads and writes.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 import re
 import struct
-import typing
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -595,48 +593,3 @@ def parse(data: bytes, limits: PayloadLimits = UNLIMITED) -> Message:
     _require(message is not None, E_BAD_FRAME, "the message is truncated: payload bytes missing")
     assert message is not None
     return message
-
-
-class ByteMeter:
-    """Counts every byte a connection reads from and writes to its transport.
-
-    That is the websocket handshake, websocket frame headers and masks, pings, close frames, the
-    headers above and the payloads: what :mod:`lpfl.server` reports as ``wire_*_bytes`` beside
-    the payload sizes. Under TLS it counts the plaintext, so TLS record overhead is not included.
-    """
-
-    def __init__(self) -> None:
-        self.bytes_in = 0
-        self.bytes_out = 0
-
-
-class MeteredProtocol(asyncio.Protocol):
-    """Mixin for websockets' connection classes (they are asyncio protocols) that gives each
-    connection a :class:`ByteMeter`: list it first, e.g.
-    ``class Metered(MeteredProtocol, ServerConnection)``."""
-
-    meter: ByteMeter
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.meter = ByteMeter()
-        super().connection_made(typing.cast(asyncio.Transport,
-                                             _MeteredTransport(transport, self.meter)))
-
-    def data_received(self, data: bytes) -> None:
-        self.meter.bytes_in += len(data)
-        super().data_received(data)
-
-
-class _MeteredTransport:
-    """Forwards everything to the real transport, counting the bytes of each write."""
-
-    def __init__(self, inner: asyncio.BaseTransport, meter: ByteMeter) -> None:
-        self._inner = typing.cast(asyncio.Transport, inner)
-        self._meter = meter
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._meter.bytes_out += len(data)
-        self._inner.write(data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)

@@ -40,14 +40,14 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from lpfl import protocol, wire
+from lpfl import protocol, transport, wire
 from lpfl.errors import ConfigError, LpflError
 from lpfl.server.auth import TokenAuthenticator
 from lpfl.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from lpfl.server.results import ClientRecord, ResultsWriter, RoundRecord
 from lpfl.server.tls import server_ssl_context
 from lpfl.strategy import FedAvg
-from lpfl.transport_config import ServerSettings
+from lpfl.transport import ServerSettings
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +62,10 @@ _CLOSE_TIMEOUT_S = 5.0
 _END_OF_REQUEST = b"\r\n\r\n"
 
 
-class MeteredServerConnection(wire.MeteredProtocol, ServerConnection):
-    """A server connection that counts every byte on its transport (:class:`wire.ByteMeter`) and
-    holds back whatever a peer sends after its upgrade request until :meth:`decide` is called.
+class MeteredServerConnection(transport.MeteredProtocol, ServerConnection):
+    """A server connection that counts every byte on its transport
+    (:class:`~lpfl.transport.ByteMeter`) and holds back whatever a peer sends after its upgrade
+    request until :meth:`decide` is called.
 
     websockets parses frames as soon as the request is in, before the request is authenticated.
     Held back, frames a client pipelines behind its upgrade request are neither parsed for an

@@ -1,7 +1,7 @@
 """``lpfl server``: run the aggregator from a run file.
 
 ``lpfl server --config RUN.toml [--host H --port P] [--resume]`` serves ``federation.rounds``
-rounds with the settings of the file's ``[server]`` table (see :mod:`lpfl.transport_config`) and
+rounds with the settings of the file's ``[server]`` table (see :mod:`lpfl.transport`) and
 writes ``checkpoint.safetensors`` and ``results.json`` into ``server.run-dir``.
 ``lpfl server --make-cert DIR`` writes a self-signed ``cert.pem``/``key.pem`` for local ``wss://``.
 
@@ -28,7 +28,7 @@ from lpfl.server.results import JsonResultsWriter, ResultsWriter
 from lpfl.server.tls import make_self_signed_cert
 from lpfl.strategy import FedAvg
 from lpfl.tokens import load_tokens
-from lpfl.transport_config import ServerSettings, load_server_config
+from lpfl.transport import ServerSettings, load_server_config
 
 
 @dataclass(frozen=True)

@@ -3,10 +3,10 @@
 One :class:`RoundRecord` per completed round: the evaluation of the new global state, the
 clients' training metrics, and per client what it did and how many bytes it moved, both as tensor
 payload and as measured on its connection (``wire_*``: every byte read from or written to the
-transport, handshake and framing included, see :class:`lpfl.wire.ByteMeter`). Bytes are counted in
-windows: a round's window runs from the previous round's close to its own close, so every byte of
-a connection lands in exactly one round, including those of failed attempts and of clients that
-were connected but not sampled (status ``"idle"``).
+transport, handshake and framing included, see :class:`~lpfl.transport.ByteMeter`). Bytes are
+counted in windows: a round's window runs from the previous round's close to its own close, so
+every byte of a connection lands in exactly one round, including those of failed attempts and of
+clients that were connected but not sampled (status ``"idle"``).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ from lpfl.server.results import JsonResultsWriter
 from lpfl.strategy import ClientUpdate, FedAvg
 from lpfl.tokens import make_tokens
 from lpfl.trainer_api import device_capabilities
-from lpfl.transport_config import ServerSettings
+from lpfl.transport import ServerSettings
 
 SHAPES = {"layer.lora_A": (4, 8), "layer.lora_B": (8, 4), "head.bias": (3,)}
 

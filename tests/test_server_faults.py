@@ -27,7 +27,7 @@ from lpfl.edge_client.connection import ClientError
 from lpfl.server.app import AggregatorServer, RunOutcome
 from lpfl.tensors import encode_tensors
 from lpfl.tokens import make_tokens
-from lpfl.transport_config import ServerSettings
+from lpfl.transport import ServerSettings
 from tests import fake_federation as ff
 
 CAPS = {"backend": "raw", "cpu_arch": "x86_64", "memory_bytes": 0, "runtime": {}}

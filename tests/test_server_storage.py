@@ -23,7 +23,7 @@ from lpfl.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from lpfl.server.results import ClientRecord, JsonResultsWriter, RoundRecord
 from lpfl.strategy import Aggregation
 from lpfl.tokens import load_tokens, make_tokens
-from lpfl.transport_config import ServerSettings, load_server_config, server_settings_from_dict
+from lpfl.transport import ServerSettings, load_server_config, server_settings_from_dict
 
 RECORD = RoundRecord(
     round=2, attempts=1, seconds=0.5, eval_metrics={"accuracy": 0.75},

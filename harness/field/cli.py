@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if args.config is None or args.out is None:
         raise LpflError("--config and --out are required (unless --cleanup)")
     from lpfl.harness.field.run import FieldPlan, field
-    from lpfl.transport_config import load_server_config
+    from lpfl.transport import load_server_config
 
     methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in methods if m not in METHODS]

@@ -45,7 +45,7 @@ from lpfl.harness.launch import (
 from lpfl.harness.run_report import full_model_payload
 from lpfl.methods import Trains, lookup
 from lpfl.profiles.links import LinkProfile, load_profiles
-from lpfl.transport_config import ServerSettings, load_server_config
+from lpfl.transport import ServerSettings, load_server_config
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,7 @@
-"""Server settings: where the aggregator listens, how it authenticates, and the round rules.
+"""The websocket transport's pieces beside the wire schema (:mod:`lpfl.wire`, which does no I/O):
+the server's settings and a byte meter for connections.
 
+Server settings say where the aggregator listens, how it authenticates, and the round rules.
 They live in the ``[server]`` table of the same run file as :class:`lpfl.config.RunConfig`, with
 the round rules in ``[server.round]``::
 
@@ -25,9 +27,11 @@ the run config's.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import enum
 import math
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,3 +124,51 @@ def load_server_config(
         return config_from_dict(table, run_overrides), server_settings_from_dict(server_table)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+
+
+# --- byte metering: what a connection really reads and writes ------------------------------
+
+
+class ByteMeter:
+    """Counts every byte a connection reads from and writes to its transport.
+
+    That is the websocket handshake, websocket frame headers and masks, pings, close frames, the
+    headers above and the payloads: what :mod:`lpfl.server` reports as ``wire_*_bytes`` beside
+    the payload sizes. Under TLS it counts the plaintext, so TLS record overhead is not included.
+    """
+
+    def __init__(self) -> None:
+        self.bytes_in = 0
+        self.bytes_out = 0
+
+
+class MeteredProtocol(asyncio.Protocol):
+    """Mixin for websockets' connection classes (they are asyncio protocols) that gives each
+    connection a :class:`ByteMeter`: list it first, e.g.
+    ``class Metered(MeteredProtocol, ServerConnection)``."""
+
+    meter: ByteMeter
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.meter = ByteMeter()
+        super().connection_made(typing.cast(asyncio.Transport,
+                                             _MeteredTransport(transport, self.meter)))
+
+    def data_received(self, data: bytes) -> None:
+        self.meter.bytes_in += len(data)
+        super().data_received(data)
+
+
+class _MeteredTransport:
+    """Forwards everything to the real transport, counting the bytes of each write."""
+
+    def __init__(self, inner: asyncio.BaseTransport, meter: ByteMeter) -> None:
+        self._inner = typing.cast(asyncio.Transport, inner)
+        self._meter = meter
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._meter.bytes_out += len(data)
+        self._inner.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
