@@ -124,6 +124,8 @@ class SoftLabelSchedule:
     ``gold_share`` keeps the labeled examples' weight: when positive, that share of every local
     batch is labeled examples and the rest soft ones, however many soft labels there are; at 0
     batches are drawn from all examples alike. Each soft example's loss is scaled by ``weight``.
+    The defaults (half of every batch labeled, argmax targets) are the best of the soft-label
+    study at one learning rate (docs/soft-labels.md).
     """
 
     threshold: float = 0.8
@@ -132,8 +134,8 @@ class SoftLabelSchedule:
     start_round: int = 2
     balanced: bool = True
     weight: float = 1.0
-    gold_share: float = 0.0
-    target: SoftTarget = SoftTarget.DISTRIBUTION
+    gold_share: float = 0.5
+    target: SoftTarget = SoftTarget.ARGMAX
     temperature: float = 1.0
     teacher_patterns: tuple[str, ...] = ()
     agreement: bool = False
