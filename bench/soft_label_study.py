@@ -108,10 +108,13 @@ def _mean(values: Sequence[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {std:.3f}"
 
 
-def report(runs: Sequence[Mapping[str, Any]], split: str) -> str:
+def report(runs: Sequence[Mapping[str, Any]], split: str,
+           environment: Mapping[str, Any]) -> str:
     """Markdown: final accuracy per variant, then the per-round soft-label diagnostics."""
     names = list(dict.fromkeys(r["variant"] for r in runs if r["split"] == split))
-    lines = [f"Final {split} accuracy, mean ± std over seeds:", "",
+    measured = ", ".join(f"{k} {v}" for k, v in environment.items())
+    lines = ["# Soft-label study", "", f"Measured with: {measured}.", "",
+             f"Final {split} accuracy, mean ± std over seeds:", "",
              "| variant | method | overrides | seeds | accuracy |", "|---|---|---|---|---|"]
     for name in names:
         group = [r for r in runs if r["variant"] == name and r["split"] == split]
@@ -157,7 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LpflError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    (args.out / "report.md").write_text(report(results.reload(), args.split), encoding="utf-8")
+    (args.out / "report.md").write_text(
+        report(results.reload(), args.split, results.config["environment"]), encoding="utf-8")
     print(f"wrote {args.out / 'results.json'} and {args.out / 'report.md'}")
     return 0
 
