@@ -25,7 +25,7 @@ import torch
 
 from lpfl.data import Example
 from lpfl.model.prompt import PromptModel
-from lpfl.runtime import ClientRuntime
+from lpfl.runtime import ClientRuntime, score_members
 from lpfl.softlabels import (
     align_to_prior,
     members_agree,
@@ -74,9 +74,8 @@ class LocalClient:
             return [], {"soft_labels_added": 0.0}
         rule = task.soft_labels
         texts = [e.text for e in self.unlabeled]
-        scorer = self.runtime.scorer
-        members = [scorer.score(texts, self.eval_batch_size, pattern)
-                   for pattern in (None, *rule.teacher_patterns)]
+        members = score_members(self.runtime.scorer, texts, self.eval_batch_size,
+                                rule.teacher_patterns)
         teacher = teacher_log_probs(members)
         if rule.align:
             teacher = align_to_prior(teacher, self.label_prior())

@@ -41,6 +41,13 @@ class LocalTrainer(Protocol):
     def state(self) -> dict[str, torch.Tensor]: ...
 
 
+def score_members(scorer: Scorer, texts: Sequence[str], batch_size: int,
+                  patterns: Sequence[str]) -> list[torch.Tensor]:
+    """The soft-label teacher's members: class logits of ``texts`` under the run's own pattern,
+    then under each of ``patterns`` (:func:`lpfl.softlabels.teacher_log_probs` averages them)."""
+    return [scorer.score(texts, batch_size, pattern) for pattern in (None, *patterns)]
+
+
 @dataclass
 class EagerScorer:
     """Soft-labelling with the PyTorch prompt model."""

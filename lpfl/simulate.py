@@ -40,6 +40,7 @@ from lpfl.model.loading import BaseModel, load_base_model
 from lpfl.model.prompt import PromptModel
 from lpfl.protocol import ClipMode, RoundRules
 from lpfl.rounds import DrivenRound, drive
+from lpfl.runtime import EagerScorer, score_members
 from lpfl.softlabels import teacher_log_probs
 from lpfl.strategy import ClientUpdate, FedAvg
 from lpfl.task import TaskSettings
@@ -140,7 +141,7 @@ class Evaluator:
         """Accuracy of the soft-label teacher: the model under its own pattern and each of
         ``patterns``, log-probabilities averaged (:func:`lpfl.softlabels.teacher_log_probs`)."""
         texts = [e.text for e in self.data.test]
-        members = [pm.score(texts, self.batch_size, pattern) for pattern in (None, *patterns)]
+        members = score_members(EagerScorer(pm), texts, self.batch_size, patterns)
         return accuracy(teacher_log_probs(members), [e.label for e in self.data.test])
 
 
