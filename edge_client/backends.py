@@ -25,7 +25,7 @@ from lpfl.errors import ArtefactError, ConfigError
 from lpfl.model.adapters import trainable_state
 from lpfl.model.prompt import PromptModel
 from lpfl.runtime import ClientRuntime, EagerTrainer, LocalTrainer
-from lpfl.training import TrainExample
+from lpfl.training import LmBatches, TrainExample
 
 if TYPE_CHECKING:
     from lpfl.edge_client.program_trainer import Encode, ProgramTrainer
@@ -47,9 +47,12 @@ class ExecuTorchTrainer:
         self.program.load_state(state)
 
     def train(self, examples: Sequence[TrainExample], plan: Sequence[Sequence[int]], lr: float,
-              weight_decay: float) -> float:
+              weight_decay: float, lm: LmBatches | None = None) -> float:
         from lpfl.edge_client.program_trainer import program_train_steps
 
+        if lm is not None:
+            raise ConfigError("the ExecuTorch training program has no language-model loss: "
+                              "set soft_labels.lm_weight = 0 or train eagerly")
         return program_train_steps(self.program, self.encode, examples, plan, lr, weight_decay)
 
     def state(self) -> dict[str, torch.Tensor]:

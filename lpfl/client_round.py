@@ -9,7 +9,8 @@ directly and the websocket client calls it when a task arrives, so both compute 
    ones and give them the teacher's targets. Labels are chosen anew every round from the newest
    global model, so they improve as it improves.
 3. Train ``local_steps`` steps on labeled (hard) plus soft-labeled examples, batched by
-   :func:`lpfl.training.batch_plan` (a fixed share of labeled examples per batch if asked).
+   :func:`lpfl.training.batch_plan` (a fixed share of labeled examples per batch if asked), with
+   the language-model loss on batches of unlabeled texts alongside if the task asks for it.
 4. Return the new trainable state, the number of training examples (the FedAvg weight) and metrics.
 """
 
@@ -36,7 +37,14 @@ from lpfl.softlabels import (
 from lpfl.strategy import ClientUpdate
 from lpfl.task import TaskSettings
 from lpfl.trainer_api import device_capabilities
-from lpfl.training import TrainExample, batch_plan, gold_fraction, hard_example
+from lpfl.training import (
+    LmBatches,
+    TrainExample,
+    batch_plan,
+    gold_fraction,
+    hard_example,
+    shuffled_batches,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +138,14 @@ class LocalClient:
         rng = np.random.default_rng([task.seed, round_number, self.index])
         plan = batch_plan(examples, task.local_steps, task.batch_size,
                           task.soft_labels.gold_share, rng)
+        lm = None
+        if task.soft_labels.lm_weight > 0.0 and self.unlabeled:
+            lm_plan = shuffled_batches(len(self.unlabeled), task.local_steps, task.batch_size, rng)
+            lm = LmBatches(tuple(e.text for e in self.unlabeled),
+                           tuple(tuple(batch) for batch in lm_plan), task.soft_labels.lm_weight)
         trainer = self.runtime.trainer
         trainer.load_state(global_state)
-        loss = trainer.train(examples, plan, task.lr, task.weight_decay)
+        loss = trainer.train(examples, plan, task.lr, task.weight_decay, lm)
         finished = time.perf_counter()
         metrics.update(train_loss=loss, gold_share=gold_fraction(examples, plan),
                        soft_label_seconds=labeling_done - started,

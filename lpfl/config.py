@@ -103,7 +103,7 @@ class SoftTarget(enum.Enum):
 
 @dataclass(frozen=True)
 class SoftLabelSchedule:
-    """How clients pseudo-label their unlabeled texts each round.
+    """How clients use their unlabeled texts each round: pseudo-labels and a language-model loss.
 
     From ``start_round`` on, each client scores its unlabeled pool with the newest global model
     (the *teacher*) and keeps texts whose top teacher probability is at least ``threshold``. By
@@ -124,6 +124,10 @@ class SoftLabelSchedule:
     ``gold_share`` keeps the labeled examples' weight: when positive, that share of every local
     batch is labeled examples and the rest soft ones, however many soft labels there are; at 0
     batches are drawn from all examples alike. Each soft example's loss is scaled by ``weight``.
+
+    With ``lm_weight`` above 0 every local step also trains the adapter with the language-model
+    loss on a batch of the client's unlabeled texts written in the run's pattern (prompt-based
+    continued pre-training), scaled by ``lm_weight``; this needs a causal LM and eager training.
     The defaults (half of every batch labeled, argmax targets) are the best of the soft-label
     study at one learning rate (docs/soft-labels.md).
     """
@@ -140,6 +144,7 @@ class SoftLabelSchedule:
     teacher_patterns: tuple[str, ...] = ()
     agreement: bool = False
     align: bool = False
+    lm_weight: float = 0.0
 
     def __post_init__(self) -> None:
         _require(0.0 <= self.threshold < 1.0,
@@ -156,6 +161,8 @@ class SoftLabelSchedule:
         _require(self.temperature > 0.0,
                  f"soft_labels.temperature={self.temperature} must be > 0 (1 keeps the "
                  "teacher's probabilities, below 1 sharpens them)")
+        _require(self.lm_weight >= 0.0,
+                 f"soft_labels.lm_weight={self.lm_weight} must be >= 0 (0: no LM loss)")
         for pattern in self.teacher_patterns:
             _require(pattern.count("{text}") == 1, "soft_labels.teacher_patterns: every pattern "
                      f"must contain {{text}} exactly once, got {pattern!r}")

@@ -15,7 +15,7 @@ import torch
 
 from lpfl.model.adapters import load_trainable_state, trainable_state
 from lpfl.model.prompt import PromptModel
-from lpfl.training import TrainExample, train_steps
+from lpfl.training import LmBatches, TrainExample, train_steps
 
 
 class Scorer(Protocol):
@@ -36,7 +36,10 @@ class LocalTrainer(Protocol):
     def load_state(self, state: Mapping[str, torch.Tensor]) -> None: ...
 
     def train(self, examples: Sequence[TrainExample], plan: Sequence[Sequence[int]], lr: float,
-              weight_decay: float) -> float: ...
+              weight_decay: float, lm: LmBatches | None = None) -> float:
+        """The mean classification loss; a trainer that cannot train the language-model loss
+        raises a ConfigError when ``lm`` is given."""
+        ...
 
     def state(self) -> dict[str, torch.Tensor]: ...
 
@@ -72,8 +75,8 @@ class EagerTrainer:
         load_trainable_state(self.pm, state)
 
     def train(self, examples: Sequence[TrainExample], plan: Sequence[Sequence[int]], lr: float,
-              weight_decay: float) -> float:
-        return train_steps(self.pm, examples, plan, lr, weight_decay)
+              weight_decay: float, lm: LmBatches | None = None) -> float:
+        return train_steps(self.pm, examples, plan, lr, weight_decay, lm)
 
     def state(self) -> dict[str, torch.Tensor]:
         return trainable_state(self.pm)

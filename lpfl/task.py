@@ -19,7 +19,8 @@ from lpfl.errors import ConfigError
 
 SOFT_LABEL_PREFIX = "soft_label_"
 CLIENT_SOFT_LABEL_FIELDS = ("threshold", "balanced", "weight", "gold_share", "target",
-                            "temperature", "teacher_patterns", "agreement", "align")
+                            "temperature", "teacher_patterns", "agreement", "align",
+                            "lm_weight")
 """The :class:`SoftLabelSchedule` fields a client applies; the others (growth, cap, start
 round) are the server's and reach the client as ``soft_label_budget``."""
 

@@ -5,7 +5,8 @@ example, the teacher's distribution for a soft-labeled one, and is trained with 
 against it, scaled by its weight. Which examples go into which step is a *batch plan*
 (:func:`batch_plan`), drawn once per round by the client, so that every trainer (eager or an
 exported program) sees the same batches, and the client can report how much of its training was
-gold.
+gold. A client may also train the language-model loss on its unlabeled texts alongside
+(:class:`LmBatches`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,36 @@ def example_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -(targets * F.log_softmax(logits, dim=-1)).sum(-1)
 
 
+@dataclass(frozen=True)
+class LmBatches:
+    """Unlabeled texts trained with the language-model loss alongside the classification steps:
+    step ``i`` adds ``weight`` times the LM loss of ``texts[j] for j in plan[i]`` (written in the
+    run's pattern, see :meth:`lpfl.model.prompt.PromptModel.lm_loss`)."""
+
+    texts: tuple[str, ...]
+    plan: tuple[tuple[int, ...], ...]
+    weight: float
+
+    def __post_init__(self) -> None:
+        if self.weight <= 0.0:
+            raise ValueError(f"LM loss weight {self.weight} must be > 0")
+        if any(not 0 <= i < len(self.texts) for batch in self.plan for i in batch):
+            raise ValueError("the LM batch plan points outside its texts")
+
+
+def shuffled_batches(count: int, steps: int, batch_size: int,
+                     rng: np.random.Generator) -> list[list[int]]:
+    """``steps`` batches of positions in ``range(count)``: consecutive slices of seeded
+    shuffles, so every position is drawn once before any is drawn again."""
+    if count < 1:
+        raise ValueError("nothing to batch")
+    plan: list[list[int]] = []
+    while len(plan) < steps:
+        order = rng.permutation(count).tolist()
+        plan += [order[start : start + batch_size] for start in range(0, count, batch_size)]
+    return plan[:steps]
+
+
 def _cycle(positions: Sequence[int], rng: np.random.Generator) -> Iterator[int]:
     """``positions`` in seeded shuffles, one after another, forever."""
     while True:
@@ -64,12 +95,7 @@ def batch_plan(examples: Sequence[TrainExample], steps: int, batch_size: int,
     gold = [i for i, e in enumerate(examples) if not e.soft]
     soft = [i for i, e in enumerate(examples) if e.soft]
     if gold_share == 0.0 or not gold or not soft:
-        plan: list[list[int]] = []
-        while len(plan) < steps:
-            order = rng.permutation(len(examples)).tolist()
-            plan += [order[start : start + batch_size]
-                     for start in range(0, len(order), batch_size)]
-        return plan[:steps]
+        return shuffled_batches(len(examples), steps, batch_size, rng)
     per_batch = min(batch_size, max(1, math.ceil(gold_share * batch_size)))
     gold_cycle, soft_cycle = _cycle(gold, rng), _cycle(soft, rng)
     return [[next(gold_cycle) for _ in range(per_batch)]
@@ -95,27 +121,35 @@ def weighted_loss(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
 
 
 def train_steps(pm: PromptModel, examples: Sequence[TrainExample],
-                plan: Sequence[Sequence[int]], lr: float, weight_decay: float = 0.0) -> float:
-    """One AdamW step per batch of ``plan`` on the trainable parameters; the mean training loss.
+                plan: Sequence[Sequence[int]], lr: float, weight_decay: float = 0.0,
+                lm: LmBatches | None = None) -> float:
+    """One AdamW step per batch of ``plan`` on the trainable parameters; the mean classification
+    loss. With ``lm``, each step's objective also has its weighted language-model loss.
 
     The optimizer is fresh each call: in federated learning each round starts from the new global
     state, and optimizer moments are neither transmitted nor averaged.
     """
     if not plan:
         raise ValueError("the batch plan is empty")
+    if lm is not None and len(lm.plan) != len(plan):
+        raise ValueError(f"{len(lm.plan)} LM batches for {len(plan)} training steps")
     params = [p for p in pm.network.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters; attach LoRA or unfreeze it")
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     pm.network.train()
     total = 0.0
-    for batch in plan:
+    for step, batch in enumerate(plan):
         chosen = [examples[i] for i in batch]
         logits = pm.class_logits(pm.encode([e.text for e in chosen]))
         targets, weights = (t.to(logits.device, logits.dtype) for t in batch_tensors(chosen))
         loss = weighted_loss(example_losses(logits, targets), weights)
+        objective = loss
+        if lm is not None:
+            texts = [lm.texts[i] for i in lm.plan[step]]
+            objective = loss + lm.weight * pm.lm_loss(pm.encode(texts))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         optimizer.step()
         total += float(loss.detach())
     pm.network.eval()

@@ -189,3 +189,17 @@ def test_websocket_clients_run_on_exported_programs(tmp_path: Path) -> None:
                 for cid, c in clients.items()}
         assert caps == {"client-0": ("onnxruntime", "eager"),
                         "client-1": ("executorch", "executorch")}
+
+
+def test_the_language_model_loss_trains_eagerly_and_the_program_refuses_it(
+        artefact: tuple[Path, RunConfig]) -> None:
+    folder, run = artefact
+    state = _global_state(run)
+    with_lm = {**SETTINGS, "soft_label_lm_weight": 0.5}
+    plain = _client(_eager(run)).train_round(1, state, SETTINGS)
+    eager = _client(_eager(run)).train_round(1, state, with_lm)
+    assert eager.metrics["gold_share"] == plain.metrics["gold_share"]  # same batches
+    assert any(not torch.equal(eager.state[n], plain.state[n]) for n in state)
+    runtime = program_runtime("executorch", folder, "tiny-llama", lambda: _eager(run))
+    with pytest.raises(ConfigError, match="lm_weight"):
+        _client(runtime).train_round(1, state, with_lm)

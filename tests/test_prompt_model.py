@@ -87,3 +87,26 @@ def test_unknown_lora_target_names_the_choices() -> None:
     pm = make()
     with pytest.raises(ConfigError, match="choose from"):
         set_mode(pm, "lora", LoraSettings(target_modules=("query",)))
+
+
+def test_lm_loss_is_the_token_mean_next_token_loss_whatever_the_padding() -> None:
+    pm = make()
+    alone = []
+    counts = []
+    for text in TEXTS:
+        batch = pm.encode([text])
+        ids = batch["input_ids"]
+        reference = pm.network(input_ids=ids, labels=ids).loss  # HF's own shifted LM loss
+        torch.testing.assert_close(pm.lm_loss(batch), reference, atol=1e-5, rtol=1e-5)
+        alone.append(reference)
+        counts.append(ids.shape[1] - 1)
+    padded = pm.encode(TEXTS)  # left-padded to the longest prompt
+    assert int((padded["attention_mask"] == 0).sum()) > 0
+    expected = sum(loss * n for loss, n in zip(alone, counts, strict=True)) / sum(counts)
+    torch.testing.assert_close(pm.lm_loss(padded), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_lm_loss_needs_a_causal_lm() -> None:
+    pm = make("tiny-bert", MLM_PROMPT)
+    with pytest.raises(ModelError, match="causal"):
+        pm.lm_loss(pm.encode(TEXTS))

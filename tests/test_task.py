@@ -15,7 +15,7 @@ TASK = TaskSettings(seed=3, local_steps=8, batch_size=4, lr=1e-3, weight_decay=0
                     soft_labels=SoftLabelSchedule(threshold=0.7, gold_share=0.5,
                                                   target=SoftTarget.ARGMAX,
                                                   teacher_patterns=("A: {text} B:",),
-                                                  agreement=True))
+                                                  agreement=True, lm_weight=0.5))
 
 
 def test_round_trip_through_the_wire_form() -> None:
@@ -25,7 +25,8 @@ def test_round_trip_through_the_wire_form() -> None:
         "soft_label_budget": 32, "soft_label_threshold": 0.7, "soft_label_balanced": True,
         "soft_label_weight": 1.0, "soft_label_gold_share": 0.5, "soft_label_target": "argmax",
         "soft_label_temperature": 1.0, "soft_label_teacher_patterns": ["A: {text} B:"],
-        "soft_label_agreement": True, "soft_label_align": False}
+        "soft_label_agreement": True, "soft_label_align": False,
+        "soft_label_lm_weight": 0.5}
     back = TaskSettings.from_wire(wire)
     # The server's scheduling fields (growth, cap, start round) do not travel: defaults return.
     assert back.soft_labels.growth == SoftLabelSchedule().growth

@@ -1,4 +1,5 @@
-"""Batch plans: uniform draws, or a fixed share of labeled examples in every batch."""
+"""Batch plans (uniform draws, or a fixed share of labeled examples in every batch) and the
+language-model loss trained alongside."""
 
 from __future__ import annotations
 
@@ -6,8 +7,21 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
-from lpfl.training import TrainExample, batch_plan, gold_fraction, hard_example
+from lpfl.config import LoraSettings, ModelSettings, PromptSettings
+from lpfl.model.adapters import load_trainable_state, set_mode, trainable_state
+from lpfl.model.loading import load_base_model
+from lpfl.model.prompt import PromptModel
+from lpfl.training import (
+    LmBatches,
+    TrainExample,
+    batch_plan,
+    gold_fraction,
+    hard_example,
+    shuffled_batches,
+    train_steps,
+)
 
 
 def pool(gold: int, soft: int) -> list[TrainExample]:
@@ -49,3 +63,44 @@ def test_gold_share_needs_both_kinds_and_a_valid_share() -> None:
         batch_plan(only_gold, 3, 4, 1.5, np.random.default_rng(0))
     with pytest.raises(ValueError, match="no training examples"):
         batch_plan([], 3, 4, 0.5, np.random.default_rng(0))
+
+
+def test_lm_batches_train_the_language_model_loss_alongside() -> None:
+    torch.manual_seed(0)
+    base = load_base_model(ModelSettings(source="tiny-llama"))
+    pm = PromptModel(base, PromptSettings(), 48)
+    set_mode(pm, "lora", LoraSettings(r=4))
+    start = trainable_state(pm)
+    examples = pool(4, 0)
+    texts = tuple(f"an unlabeled review number {i} , quite long and wordy" for i in range(6))
+    plan = batch_plan(examples, 6, 2, 0.0, np.random.default_rng(0))
+    lm = LmBatches(texts, tuple(tuple(b) for b in shuffled_batches(6, 6, 3,
+                                                                    np.random.default_rng(1))),
+                   weight=1.0)
+
+    def lm_loss() -> float:
+        with torch.no_grad():
+            return float(pm.lm_loss(pm.encode(list(texts))))
+
+    before = lm_loss()
+    classification_only = train_steps(pm, examples, plan, 1e-2)
+    without = lm_loss()
+    load_trainable_state(pm, start)
+    with_lm = train_steps(pm, examples, plan, 1e-2, lm=lm)
+    assert lm_loss() < min(before, without) - 0.05
+    # the reported loss is the classification loss: first step identical, then paths differ
+    assert with_lm != pytest.approx(classification_only, abs=1e-6)
+    with pytest.raises(ValueError, match="LM batches"):
+        train_steps(pm, examples, plan[:3], 1e-2, lm=lm)
+    with pytest.raises(ValueError, match="outside"):
+        LmBatches(texts, ((0, 6),), 1.0)
+    with pytest.raises(ValueError, match="weight"):
+        LmBatches(texts, ((0,),), 0.0)
+
+
+def test_shuffled_batches_draw_every_position_once_per_pass() -> None:
+    plan = shuffled_batches(5, 4, 2, np.random.default_rng(3))
+    assert [len(b) for b in plan] == [2, 2, 1, 2]
+    assert sorted(plan[0] + plan[1] + plan[2]) == list(range(5))
+    with pytest.raises(ValueError, match="nothing"):
+        shuffled_batches(0, 1, 2, np.random.default_rng(0))

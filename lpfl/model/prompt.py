@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -183,6 +184,20 @@ class PromptModel:
         rows = torch.arange(batch["input_ids"].shape[0], device=self.device)
         masked: torch.Tensor = out.logits[rows, batch["mask_index"]].index_select(-1, label_ids)
         return masked
+
+    def lm_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The mean next-token cross-entropy over the real (unpadded) tokens of ``batch``'s
+        prompts (as :meth:`encode` makes them); differentiable. Causal LMs only."""
+        if not self.causal:
+            raise ModelError("the language-model loss (soft_labels.lm_weight) needs a causal "
+                             "LM; set it to 0 for a masked LM")
+        out = self.network(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           position_ids=batch["position_ids"], use_cache=False)
+        real = batch["attention_mask"].bool()
+        predicted = real[:, :-1] & real[:, 1:]
+        loss: torch.Tensor = F.cross_entropy(out.logits[:, :-1][predicted].float(),
+                                             batch["input_ids"][:, 1:][predicted])
+        return loss
 
     @torch.no_grad()
     def score(self, texts: Sequence[str], batch_size: int = 32,
