@@ -53,8 +53,9 @@ import torch
 
 from lpfl.edge_client.connection import ClientSettings, EdgeClient
 from lpfl.protocol import RoundRules
+from lpfl.records import ClientStatus
+from lpfl.results import JsonResultsWriter
 from lpfl.server.app import AggregatorServer
-from lpfl.server.results import JsonResultsWriter
 from lpfl.strategy import ClientUpdate, FedAvg
 from lpfl.tensors import ENCODINGS, encode_tensors
 from lpfl.tokens import make_tokens
@@ -354,7 +355,7 @@ def run_benchmark(clients: int, workdir: Path, encoding: str = "fp32",
         raise RuntimeError(f"the server exited with {code}: {_tail(workdir / 'server.log')}")
     summary = json.loads(summary_file.read_text(encoding="utf-8"))
     record = json.loads((run_dir / RESULTS_NAME).read_text(encoding="utf-8"))["rounds"][0]
-    accepted = sum(1 for c in record["clients"] if c["status"] == "updated")
+    accepted = sum(1 for c in record["clients"] if c["status"] == ClientStatus.UPDATED)
     round_seconds = float(record["seconds"])
     return BenchResult(
         clients=clients, encoding=encoding, max_concurrent_uploads=max_concurrent_uploads,

@@ -46,13 +46,13 @@ from typing import Any
 
 import torch
 
-from lpfl import protocol
 from lpfl.client_round import LocalClient
 from lpfl.config import RunConfig, config_from_dict, load_config
 from lpfl.data import FederatedData
 from lpfl.data.toy import write_toy_csv
 from lpfl.model.adapters import load_trainable_state, trainable_state
 from lpfl.protocol import ClipMode, RoundRules
+from lpfl.records import ClientStatus
 from lpfl.rounds import DrivenRound, drive
 from lpfl.simulate import Evaluator, federated_data, fresh_prompt_model, method_strategy
 from lpfl.strategy import Aggregation, ClientUpdate
@@ -180,7 +180,7 @@ def run_scenario(config: RunConfig, data: FederatedData, scenario: Scenario,
             "attackers": {cid: {"status": str(rows[cid].status), "clipped": rows[cid].clipped}
                           for cid in sorted(hostile)},
             "honest_clipped": sum(rows[c].clipped for c in rows if c not in hostile),
-            "honest_discarded": sum(rows[c].status is protocol.Status.DISCARDED
+            "honest_discarded": sum(rows[c].status is ClientStatus.DISCARDED
                                     for c in rows if c not in hostile),
         })
 

@@ -27,7 +27,8 @@ norm filter    ``n·d``            ``O(n·d·log n)``     attacks are whole upda
 ============== ================== ==================== ============================================
 
 The clipping helpers (:func:`delta_norm`, :func:`clip_delta`) measure and bound an update's
-change from the global state; :mod:`lpfl.protocol` applies them before any rule.
+change from the global state; :mod:`lpfl.protocol` applies them before any rule, to updates
+already checked by :func:`lpfl.validation.check_update`.
 """
 
 from __future__ import annotations
@@ -45,11 +46,16 @@ State = Mapping[str, torch.Tensor]
 
 
 class AggregationError(LpflError):
-    """An update does not match the others (keys, shapes) or has a bad weight."""
+    """Nothing to aggregate, or a rule's setting out of range."""
 
 
 class Accumulator(Protocol):
-    """Receives a round's updates one by one and combines them when the round closes."""
+    """Receives a round's updates one by one and combines them when the round closes.
+
+    The updates must have passed :func:`lpfl.validation.check_update` against one reference
+    state (same names, dtypes and shapes, finite values, a weight >= 1): the accumulators and the
+    rules below take them as they are.
+    """
 
     @property
     def count(self) -> int:
@@ -65,50 +71,29 @@ class Accumulator(Protocol):
         ...
 
 
-class _Layout:
-    """The names and shapes every update of a round must share, fixed by the first one."""
-
-    def __init__(self) -> None:
-        self.shapes: dict[str, torch.Size] = {}
-        self.count = 0
-
-    def check(self, state: State, weight: float) -> None:
-        if not (weight > 0 and math.isfinite(weight)):
-            raise AggregationError(f"update weight must be a positive finite number, got {weight}")
-        if self.shapes and set(state) != set(self.shapes):
-            missing = sorted(set(self.shapes) - set(state))[:3]
-            extra = sorted(set(state) - set(self.shapes))[:3]
-            raise AggregationError(f"update keys differ: missing {missing}, unexpected {extra}")
-        for name, tensor in state.items():
-            expected = self.shapes.setdefault(name, tensor.shape)
-            if tensor.shape != expected:
-                raise AggregationError(f"update tensor {name!r} has shape {tuple(tensor.shape)}, "
-                                       f"expected {tuple(expected)}")
-        self.count += 1
-
-    def require_some(self) -> None:
-        if self.count == 0:
-            raise AggregationError("no updates to aggregate")
+def _require_some(count: int) -> None:
+    if count == 0:
+        raise AggregationError("no updates to aggregate")
 
 
 class RunningWeightedSum:
     """FedAvg streaming: accumulates ``sum_i w_i * state_i`` and ``sum_i w_i`` in float64."""
 
     def __init__(self) -> None:
-        self._layout = _Layout()
+        self._count = 0
         self._sum: dict[str, torch.Tensor] = {}
         self._weight = 0.0
 
     @property
     def count(self) -> int:
-        return self._layout.count
+        return self._count
 
     @property
     def total_weight(self) -> float:
         return self._weight
 
     def add(self, state: State, weight: float) -> None:
-        self._layout.check(state, weight)
+        self._count += 1
         for name, tensor in state.items():
             value = tensor.detach().to("cpu", torch.float64)
             if name in self._sum:
@@ -119,7 +104,7 @@ class RunningWeightedSum:
 
     def result(self) -> dict[str, torch.Tensor]:
         """The weighted average."""
-        self._layout.require_some()
+        _require_some(self._count)
         return {name: (s / self._weight).to(torch.float32) for name, s in self._sum.items()}
 
 
@@ -133,21 +118,19 @@ class HeldUpdates:
 
     def __init__(self, rule: Rule) -> None:
         self._rule = rule
-        self._layout = _Layout()
         self._states: list[dict[str, torch.Tensor]] = []
         self._weights: list[float] = []
 
     @property
     def count(self) -> int:
-        return self._layout.count
+        return len(self._states)
 
     def add(self, state: State, weight: float) -> None:
-        self._layout.check(state, weight)
         self._states.append({n: t.detach().to("cpu", torch.float32) for n, t in state.items()})
         self._weights.append(weight)
 
     def result(self) -> dict[str, torch.Tensor]:
-        self._layout.require_some()
+        _require_some(self.count)
         return self._rule(self._states, self._weights)
 
 

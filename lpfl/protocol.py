@@ -15,11 +15,14 @@ One round goes through these phases::
 
 - ``WAITING``: fewer than ``min_clients`` clients are connected; the round starts when one more
   joins.
-- ``TRAINING``: the strategy sampled clients and each got a task. Updates are checked (round,
-  sender, keys, shapes, finite values), their change from the global state is norm-clipped
-  (:class:`ClipMode`), and they are folded into the strategy's accumulator as they arrive (for
-  FedAvg a running weighted sum, so memory is one model's worth). A client that leaves, fails,
-  has a message refused or misses the deadline simply has no update.
+- ``TRAINING``: the strategy sampled clients and each got a task. An update is screened by its
+  round and sender (:meth:`RoundMachine.screen_update`), decoded and checked
+  (:func:`lpfl.validation.check_update`: weight, metrics, names, dtypes, shapes, finite values;
+  a refused one is the client's ``rejected`` outcome), its change from the global state is
+  norm-clipped (:class:`ClipMode`), and it is folded into the strategy's accumulator as it
+  arrives (for FedAvg a running weighted sum, so memory is one model's worth). A client that
+  leaves, fails, has a message refused or misses the deadline simply has no update. Each
+  client's :class:`~lpfl.records.ClientOutcome` goes into the round's verdict.
 - The round closes once every sampled client has replied (or left), or at the deadline. With at
   least ``min_updates`` updates the strategy combines them into a proposed global state. The
   guard refuses a proposal that is not finite or moves further than the round's norm bound: the
@@ -49,10 +52,13 @@ from typing import Any
 import torch
 
 from lpfl import wire
-from lpfl.aggregation import Accumulator, AggregationError, clip_delta, delta_norm
+from lpfl.aggregation import Accumulator, clip_delta, delta_norm
 from lpfl.errors import ConfigError
+from lpfl.metrics import combine_client_metrics
+from lpfl.records import ClientOutcome, ClientRecord, ClientStatus, RoundRecord, Traffic
 from lpfl.strategy import Aggregation, ClientUpdate, FedAvg, make_strategy
 from lpfl.tensors import ENCODINGS, PayloadError, decode_tensors, encode_tensors
+from lpfl.validation import InvalidUpdate, check_update
 
 logger = logging.getLogger(__name__)
 
@@ -242,46 +248,13 @@ class StartTimer:
     seconds: float
 
 
-class Status(enum.StrEnum):
-    """What a client did in a round, as ``results.json`` records it."""
-
-    UPDATED = "updated"
-    """Its update was accepted and is part of the new global state."""
-    DISCARDED = "discarded"
-    """Its update was accepted, but the guard refused the round's aggregate (``reason``)."""
-    REJECTED = "rejected"
-    """A message of its turn was refused (``code``, ``reason``); its turn ended there."""
-    FAILED = "failed"
-    """It reported ``training_failed``."""
-    DROPPED = "dropped"
-    """It disconnected before replying."""
-    TIMED_OUT = "timed_out"
-    """It had not replied when the deadline passed."""
-    IDLE = "idle"
-    """Connected, but not sampled."""
-
-
-@dataclass(frozen=True)
-class ClientOutcome:
-    """What one sampled client did in a round; ``update_norm`` is the L2 norm of its update's
-    change from the global state before clipping."""
-
-    status: Status
-    num_examples: int = 0
-    metrics: Mapping[str, float] = field(default_factory=dict)
-    update_norm: float = 0.0
-    clipped: bool = False
-    code: str = ""
-    reason: str = ""
-
-
 @dataclass(frozen=True)
 class RoundClosed:
     """A round closed with enough updates: evaluate ``global_state`` and report
-    :class:`RoundEvaluated`. ``train_metrics`` are the example-weighted means of the clients'
-    metrics. ``refused`` says why the norm guard kept the previous global state (empty when the
-    new one passed); with ``max_accuracy_drop`` set, a state that passed is proposed, not yet
-    committed."""
+    :class:`RoundEvaluated`. ``train_metrics`` are the metrics of the updates in the new state,
+    combined by the rule of :mod:`lpfl.metrics`. ``refused`` says why the norm guard kept the
+    previous global state (empty when the new one passed); with ``max_accuracy_drop`` set, a
+    state that passed is proposed, not yet committed."""
 
     round: int
     attempt: int
@@ -305,6 +278,20 @@ class RoundCommitted:
     train_metrics: Mapping[str, float]
     eval_metrics: Mapping[str, float]
     refused: str = ""
+
+    def record(self, traffic: Mapping[str, Traffic], seconds: float,
+               capabilities: Mapping[str, Mapping[str, Any]] | None = None,
+               eval_seconds: float = 0.0) -> RoundRecord:
+        """The round's record: every client with an outcome or with ``traffic`` (a client that
+        moved bytes but was not sampled is :attr:`~lpfl.records.ClientStatus.IDLE`), in id
+        order, with the ``capabilities`` of its hello; ``seconds`` the round took, of which
+        ``eval_seconds`` evaluating."""
+        capabilities = capabilities or {}
+        clients = [ClientRecord(cid, self.outcomes.get(cid, ClientOutcome(ClientStatus.IDLE)),
+                                traffic.get(cid, Traffic()), dict(capabilities.get(cid, {})))
+                   for cid in sorted(set(self.outcomes) | set(traffic))]
+        return RoundRecord(self.round, self.attempt, seconds, dict(self.eval_metrics),
+                           dict(self.train_metrics), clients, eval_seconds, self.refused)
 
 
 @dataclass(frozen=True)
@@ -411,13 +398,13 @@ class RoundMachine:
                 return self._joined(client_id, capabilities)
             case ClientLeft(client_id):
                 self.clients.pop(client_id, None)
-                return self._settle(client_id, ClientOutcome(Status.DROPPED))
+                return self._settle(client_id, ClientOutcome(ClientStatus.DROPPED))
             case UpdateReceived(update):
                 return self._update(update)
             case ClientFailed(error):
                 return self._failed(error)
             case ClientRefused(client_id, code, reason):
-                return self._settle(client_id, ClientOutcome(Status.REJECTED, code=code,
+                return self._settle(client_id, ClientOutcome(ClientStatus.REJECTED, code=code,
                                                              reason=reason))
             case DeadlinePassed(round_number, attempt):
                 return self._deadline(round_number, attempt)
@@ -494,32 +481,21 @@ class RoundMachine:
         assert self._current is not None
         try:
             outcome = self._fold(update, self._current.acc)
-        except (wire.WireError, PayloadError, AggregationError) as exc:
-            code, reason = ((exc.code, exc.reason) if isinstance(exc, wire.WireError)
-                            else (wire.E_INVALID_UPDATE, str(exc)))
+        except (PayloadError, InvalidUpdate) as exc:
+            code, reason = wire.E_INVALID_UPDATE, str(exc)
             logger.warning("round %d: update from %s rejected: %s", update.round, cid, exc)
             actions: list[Action] = [Send(cid, self._error(cid, code, reason))]
-            return actions + self._settle(cid, ClientOutcome(Status.REJECTED, code=code,
+            return actions + self._settle(cid, ClientOutcome(ClientStatus.REJECTED, code=code,
                                                              reason=reason))
         ack = wire.Ack(update.round, cid, wire.UPDATE,
                        {"clipped": outcome.clipped, "update_norm": outcome.update_norm})
         return [Send(cid, ack), *self._settle(cid, outcome)]
 
     def _fold(self, update: wire.Update, acc: Accumulator) -> ClientOutcome:
-        """Check the update against the global state, clip it, fold it into ``acc``."""
+        """Decode and check the update (:func:`lpfl.validation.check_update`), clip it, fold
+        it into ``acc``."""
         state = decode_tensors(update.tensors)
-        missing = sorted(set(self.global_state) - set(state))
-        extra = sorted(set(state) - set(self.global_state))
-        if missing or extra:
-            raise wire.WireError(wire.E_INVALID_UPDATE, f"tensor names differ from the global "
-                                 f"state: missing {missing[:3]}, unexpected {extra[:3]}")
-        for name, reference in self.global_state.items():
-            tensor = state[name]
-            if tensor.shape != reference.shape:
-                raise wire.WireError(wire.E_INVALID_UPDATE, f"tensor {name!r} has shape "
-                                     f"{tuple(tensor.shape)}, expected {tuple(reference.shape)}")
-            if not bool(torch.isfinite(tensor).all()):
-                raise wire.WireError(wire.E_INVALID_UPDATE, f"tensor {name!r} is not finite")
+        check_update(state, self.global_state, update.num_examples, update.metrics)
         norm = delta_norm(state, self.global_state)
         bound = self.clip_bound()
         clipped = bound is not None and norm > bound
@@ -527,7 +503,8 @@ class RoundMachine:
             state = clip_delta(state, self.global_state, norm, bound)
         self.strategy.fold(acc, ClientUpdate(update.client_id, state, update.num_examples,
                                              update.metrics))
-        return ClientOutcome(Status.UPDATED, update.num_examples, update.metrics, norm, clipped)
+        return ClientOutcome(ClientStatus.UPDATED, update.num_examples, dict(update.metrics),
+                             norm, clipped)
 
     def clip_bound(self) -> float | None:
         """The bound on an update's norm in the current attempt; ``None``: not clipped."""
@@ -556,7 +533,7 @@ class RoundMachine:
                            error.round, error.reason)
             return []
         logger.info("client %s failed round %d: %s", error.client_id, error.round, error.reason)
-        return self._settle(error.client_id, ClientOutcome(Status.FAILED, code=error.code,
+        return self._settle(error.client_id, ClientOutcome(ClientStatus.FAILED, code=error.code,
                                                            reason=error.reason))
 
     def _deadline(self, round_number: int, attempt: int) -> list[Action]:
@@ -566,7 +543,7 @@ class RoundMachine:
         logger.info("round %d deadline passed; no reply from %s", round_number,
                     ", ".join(sorted(current.pending)))
         for cid in current.pending:
-            current.outcomes[cid] = ClientOutcome(Status.TIMED_OUT)
+            current.outcomes[cid] = ClientOutcome(ClientStatus.TIMED_OUT)
         current.pending.clear()
         return self._close()
 
@@ -575,7 +552,7 @@ class RoundMachine:
         assert current is not None
         self._current = None
         outcomes = dict(sorted(current.outcomes.items()))
-        norms = [o.update_norm for o in outcomes.values() if o.status is Status.UPDATED]
+        norms = [o.update_norm for o in outcomes.values() if o.status is ClientStatus.UPDATED]
         if norms:
             self.median_norm = statistics.median(norms)
         if current.acc.count < self.rules.min_updates:
@@ -595,7 +572,7 @@ class RoundMachine:
         self._closed = RoundClosed(current.number, current.attempt,
                                    self.global_state if self._proposed is None
                                    else self._proposed, outcomes,
-                                   _weighted_metrics(outcomes), refused)
+                                   _train_metrics(outcomes), refused)
         return [self._closed]
 
     def _evaluated(self, round_number: int, metrics: Mapping[str, float]) -> list[Action]:
@@ -618,7 +595,7 @@ class RoundMachine:
             self._proposed = None
         self.committed_metrics = evaluation
         return [RoundCommitted(closed.round, closed.attempt, self.global_state, outcomes,
-                               _weighted_metrics(outcomes), evaluation, refused)]
+                               _train_metrics(outcomes), evaluation, refused)]
 
     def _accuracy_guard(self, metrics: Mapping[str, float]) -> str:
         """Why a proposed state evaluated as ``metrics`` must not be committed ("" if it may)."""
@@ -695,22 +672,15 @@ def median_norm(norms: Sequence[float]) -> float | None:
 def _discarded(outcome: ClientOutcome, bound: float) -> ClientOutcome:
     """An accepted update whose round's aggregate was refused; says if its norm was over the
     bound (the likely cause)."""
-    if outcome.status is not Status.UPDATED:
+    if outcome.status is not ClientStatus.UPDATED:
         return outcome
     reason = (f"update norm {outcome.update_norm:.4g} exceeds the bound {bound:.4g}"
               if outcome.update_norm > bound else "the round's aggregate was refused")
-    return dataclasses.replace(outcome, status=Status.DISCARDED, reason=reason)
+    return dataclasses.replace(outcome, status=ClientStatus.DISCARDED, reason=reason)
 
 
-def _weighted_metrics(outcomes: Mapping[str, ClientOutcome]) -> dict[str, float]:
-    """Example-weighted mean of each metric over the clients whose update was committed."""
-    totals: dict[str, float] = {}
-    weights: dict[str, float] = {}
-    for outcome in outcomes.values():
-        if outcome.status is not Status.UPDATED:
-            continue
-        for name, value in outcome.metrics.items():
-            totals[name] = totals.get(name, 0.0) + value * outcome.num_examples
-            weights[name] = weights.get(name, 0.0) + outcome.num_examples
-    return {name: totals[name] / weights[name] for name in sorted(totals)}
-
+def _train_metrics(outcomes: Mapping[str, ClientOutcome]) -> dict[str, float]:
+    """The metrics of the updates a round committed, combined by the rule of
+    :mod:`lpfl.metrics` (counts summed, the rest example-weighted)."""
+    return combine_client_metrics((o.num_examples, o.metrics) for o in outcomes.values()
+                                  if o.status is ClientStatus.UPDATED)

@@ -1,10 +1,16 @@
-"""``results.json``: written after every finished run, so nothing finished is lost.
+"""``results.json``: written as results come, so nothing finished is lost.
 
-The file is ``{"config": {...}, "runs": [ {...}, ... ]}``. Writes go to a temporary file that is
-fsynced and renamed over the old one, so a crash leaves either the old or the new file, never a
-torn one. A rerun can ask :meth:`ResultsFile.has` and skip runs that are already there. Several
-processes may append to one file (a benchmark split over processes): each append takes a lock,
-re-reads the file and adds its run to what is there.
+Two writers, one per kind of output folder. The simulation and the benchmarks keep whole runs
+(:class:`ResultsFile`): ``{"config": {...}, "runs": [ {...}, ... ]}``, each run with the
+:meth:`~lpfl.records.RoundRecord.summary` of its rounds; a rerun can ask
+:meth:`ResultsFile.has` and skip runs that are already there, and several processes may append
+to one file (a benchmark split over processes): each append takes a lock, re-reads the file and
+adds its run to what is there. The aggregator keeps the rounds of its one run in full
+(:class:`JsonResultsWriter`): ``{"meta": {...}, "rounds": [ {...}, ... ]}``, each round a
+:meth:`~lpfl.records.RoundRecord.to_dict`, rewritten after every round.
+
+Every write goes to a temporary file that is fsynced and renamed over the old one, so a crash
+leaves either the old or the new file, never a torn one.
 """
 
 from __future__ import annotations
@@ -13,11 +19,12 @@ import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from lpfl.errors import LpflError
+from lpfl.records import RoundRecord
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -97,6 +104,27 @@ class ResultsFile:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self.runs = [*self._read(), dict(run)]
             write_json_atomic(self.path, {"config": self.config, "runs": self.runs})
+
+
+class ResultsWriter(Protocol):
+    """Receives the aggregator's whole history after every round; must be idempotent (it is
+    called again with the same rounds after a resume)."""
+
+    def write(self, rounds: Sequence[RoundRecord]) -> None: ...
+
+
+class JsonResultsWriter:
+    """Writes ``{"meta": ..., "rounds": [...]}`` to one JSON file, atomically, after each round.
+
+    ``meta`` is whatever the caller wants beside the rounds (the run config, say).
+    """
+
+    def __init__(self, path: str | Path, meta: Mapping[str, Any] | None = None) -> None:
+        self.path = Path(path)
+        self.meta = dict(meta or {})
+
+    def write(self, rounds: Sequence[RoundRecord]) -> None:
+        write_json_atomic(self.path, {"meta": self.meta, "rounds": [r.to_dict() for r in rounds]})
 
 
 def _differences(old: Any, new: Any, where: str = "") -> list[str]:

@@ -27,7 +27,8 @@ import torch
 
 from lpfl import protocol, wire
 from lpfl.errors import LpflError
-from lpfl.strategy import ClientUpdate, FedAvg
+from lpfl.records import RoundRecord, Traffic
+from lpfl.strategy import FedAvg
 from lpfl.tensors import decode_tensors, encode_tensors
 from lpfl.trainer_api import Trainer
 
@@ -42,16 +43,18 @@ class RunAborted(LpflError):
 
 @dataclass(frozen=True)
 class DrivenRound:
-    """One recorded round: the machine's verdict, each sampled client's reply in task order (the
-    order the machine folded them) with its metrics and number of examples but not its state
-    (already folded in: an FP-FL state is hundreds of MB), the payload bytes each direction
-    carried, and the seconds from the round's first task to its verdict."""
+    """One recorded round: the machine's verdict (whose outcomes hold each sampled client's
+    metrics and number of examples, but not its state, already folded in: an FP-FL state is
+    hundreds of MB), the payload bytes each client's task and reply carried, and the seconds
+    from the round's first task to its verdict."""
 
     committed: protocol.RoundCommitted
-    replies: Mapping[str, ClientUpdate]
-    uplink_bytes: int
-    downlink_bytes: int
+    traffic: Mapping[str, Traffic]
     seconds: float
+
+    def record(self) -> RoundRecord:
+        """The round's record, as the websocket server would keep it (payload bytes only)."""
+        return self.committed.record(self.traffic, self.seconds)
 
 
 def drive(strategy: FedAvg, initial_state: Mapping[str, torch.Tensor],
@@ -70,8 +73,7 @@ def drive(strategy: FedAvg, initial_state: Mapping[str, torch.Tensor],
     pending: deque[protocol.Action] = deque()
     for cid in sorted(clients):
         pending.extend(machine.handle(protocol.ClientJoined(cid, clients[cid].capabilities())))
-    replies: dict[str, ClientUpdate] = {}
-    uplink = downlink = 0
+    traffic: dict[str, Traffic] = {}
     started: float | None = None
     received: tuple[bytes, dict[str, torch.Tensor]] | None = None
     while pending:
@@ -84,20 +86,19 @@ def drive(strategy: FedAvg, initial_state: Mapping[str, torch.Tensor],
                 reply = clients[cid].train_round(task.round, dict(received[1]),
                                                  dict(task.settings))
                 payload = encode_tensors(reply.state, task.update_encoding)
-                replies[cid] = ClientUpdate(cid, {}, reply.num_examples, dict(reply.metrics))
+                message = wire.Update(task.round, cid, payload, reply.num_examples,
+                                      dict(reply.metrics))
                 del reply
-                downlink += len(task.tensors)
-                uplink += len(payload)
-                message = wire.Update(task.round, cid, payload, replies[cid].num_examples,
-                                      replies[cid].metrics)
+                traffic[cid] = traffic.get(cid, Traffic()) + Traffic(
+                    payload_uplink_bytes=len(payload), payload_downlink_bytes=len(task.tensors))
                 pending.extend(machine.handle(protocol.UpdateReceived(message)))
             case protocol.RoundClosed(round=number, global_state=state):
                 metrics = evaluate(number, state)
                 pending.extend(machine.handle(protocol.RoundEvaluated(number, metrics)))
             case protocol.RoundCommitted():
                 seconds = time.perf_counter() - (started or time.perf_counter())
-                on_round(DrivenRound(action, replies, uplink, downlink, seconds))
-                replies, uplink, downlink, started, received = {}, 0, 0, None, None
+                on_round(DrivenRound(action, traffic, seconds))
+                traffic, started, received = {}, None, None
                 pending.extend(machine.handle(protocol.RoundRecorded(action.round)))
             case protocol.RunFinished(global_state=state):
                 return dict(state)

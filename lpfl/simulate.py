@@ -15,7 +15,9 @@ receive (downlink), summed over the round's clients, so methods compare on one m
 methods run every round through the server's round machine (:func:`lpfl.rounds.drive`) under the
 run's :class:`~lpfl.protocol.RoundRules`: states travel in its encodings, updates are validated
 and clipped, combined by its aggregation rule and guarded as on the websocket server, so a
-simulation trains and aggregates exactly what a server run of the same config would.
+simulation trains and aggregates exactly what a server run of the same config would. Each round
+is recorded as the server records it (:class:`~lpfl.records.RoundRecord`); a run keeps the
+record's :meth:`~lpfl.records.RoundRecord.summary`.
 """
 
 from __future__ import annotations
@@ -39,10 +41,11 @@ from lpfl.model.adapters import load_trainable_state, set_mode, trainable_state
 from lpfl.model.loading import BaseModel, load_base_model
 from lpfl.model.prompt import PromptModel
 from lpfl.protocol import ClipMode, RoundRules
+from lpfl.records import RoundRecord
 from lpfl.rounds import DrivenRound, drive
 from lpfl.runtime import EagerScorer, score_members
 from lpfl.softlabels import teacher_log_probs
-from lpfl.strategy import ClientUpdate, FedAvg
+from lpfl.strategy import FedAvg
 from lpfl.task import TaskSettings
 from lpfl.training import accuracy, median_calibrated_predictions
 
@@ -155,29 +158,6 @@ def _clients(config: RunConfig, pm: PromptModel, data: FederatedData,
                                                          strict=True))]
 
 
-def _pooled_rate(updates: list[ClientUpdate], correct: str, checked: str) -> float | None:
-    """``sum(correct) / sum(checked)`` over the round's client metrics; None if none checked."""
-    total = sum(u.metrics.get(checked, 0.0) for u in updates)
-    if total == 0:
-        return None
-    return sum(u.metrics.get(correct, 0.0) for u in updates) / total
-
-
-def soft_label_record(updates: list[ClientUpdate]) -> dict[str, Any]:
-    """The round's soft-label figures, pooled over its clients: how many were added, how many
-    of them are right, how the teacher and the student (the run's pattern alone) do on the whole
-    unlabeled pools (all three against the hidden labels: diagnostics, never used to train), and
-    the share of gold (labeled) examples in what the clients trained on."""
-    gold = [u.metrics["gold_share"] for u in updates if "gold_share" in u.metrics]
-    return {
-        "soft_labels_added": int(sum(u.metrics.get("soft_labels_added", 0) for u in updates)),
-        "soft_label_accuracy": _pooled_rate(updates, "soft_label_correct", "soft_label_checked"),
-        "teacher_pool_accuracy": _pooled_rate(updates, "teacher_pool_correct", "pool_checked"),
-        "student_pool_accuracy": _pooled_rate(updates, "student_pool_correct", "pool_checked"),
-        "gold_share": sum(gold) / len(gold) if gold else None,
-    }
-
-
 def federate(config: RunConfig, method: str, seed: int, data: FederatedData,
              progress: Progress = print_progress, rules: RoundRules = FP32_RULES,
              ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -216,28 +196,17 @@ def federate(config: RunConfig, method: str, seed: int, data: FederatedData,
     rounds: list[dict[str, Any]] = []
 
     def record(driven: DrivenRound) -> None:
-        committed = driven.committed
-        r = committed.round
-        updates = list(driven.replies.values())
-        acc = committed.eval_metrics.get("accuracy")
-        uplink = 0 if row.centralized else driven.uplink_bytes
-        downlink = 0 if row.centralized else driven.downlink_bytes
-        rounds.append({
-            "round": r, "accuracy": acc,
-            "teacher_accuracy": committed.eval_metrics.get("teacher_accuracy"),
-            "uplink_bytes": uplink, "downlink_bytes": downlink, **soft_label_record(updates),
-            "train_loss": sum(u.metrics["train_loss"] for u in updates) / len(updates),
-            "clients": sorted(driven.replies),
-            "clipped": sorted(cid for cid, o in committed.outcomes.items() if o.clipped),
-            "refused": committed.refused,
-            "seconds": driven.seconds,
-        })
+        # Centralized training moves no bytes: its one "client" is the server itself.
+        traffic = {} if row.centralized else driven.traffic
+        summary = driven.committed.record(traffic, driven.seconds).summary()
+        rounds.append(summary)
+        acc, loss = summary["accuracy"], summary["train_loss"]
         shown = "not evaluated" if acc is None else f"accuracy {acc:.3f}"
-        refused = f"; new state refused: {committed.refused}" if committed.refused else ""
-        progress(f"[{method} seed {seed}] round {r}/{total}: {shown}, "
-                 f"loss {rounds[-1]['train_loss']:.3f}, "
-                 f"soft labels {rounds[-1]['soft_labels_added']}, uplink {uplink:,} B "
-                 f"({driven.seconds:.1f} s){refused}")
+        refused = f"; new state refused: {summary['refused']}" if summary["refused"] else ""
+        progress(f"[{method} seed {seed}] round {summary['round']}/{total}: {shown}, "
+                 f"loss {'-' if loss is None else f'{loss:.3f}'}, "
+                 f"soft labels {summary['soft_labels_added']}, "
+                 f"uplink {summary['uplink_bytes']:,} B ({driven.seconds:.1f} s){refused}")
 
     global_state = drive(method_strategy(config, method, seed), trainable_state(pm), rules,
                          total, clients, evaluation, record)
@@ -264,11 +233,10 @@ def run_zero_shot(config: RunConfig, seed: int, data: FederatedData,
     cal_acc = float((calibrated == torch.tensor(labels)).float().mean())
     raw_acc = accuracy(logits, labels)
     progress(f"[zero-shot seed {seed}] raw {raw_acc:.3f}, calibrated {cal_acc:.3f}")
-    record = {"round": 0, "accuracy": cal_acc, "uplink_bytes": 0, "downlink_bytes": 0,
-              "soft_labels_added": 0, "soft_label_accuracy": None,
-              "seconds": time.perf_counter() - started}
+    record = RoundRecord(0, 1, time.perf_counter() - started, {"accuracy": cal_acc}, {}, [])
     return {"method": "zero-shot", "seed": seed, "final_accuracy": cal_acc,
-            "raw_accuracy": raw_acc, "calibrated_accuracy": cal_acc, "rounds": [record]}
+            "raw_accuracy": raw_acc, "calibrated_accuracy": cal_acc,
+            "rounds": [record.summary()]}
 
 
 def run_method(config: RunConfig, method: str, seed: int, data: FederatedData,

@@ -70,7 +70,8 @@ E_NOT_SAMPLED = "not_sampled"
 E_DUPLICATE_UPDATE = "duplicate_update"
 """A second reply from the same client in one round."""
 E_INVALID_UPDATE = "invalid_update"
-"""The update's tensors do not decode, differ from the global state, or are not finite."""
+"""The update cannot be aggregated: its tensors do not decode, differ from the global state or
+are not finite, or its ``num_examples`` is out of range."""
 E_TIMEOUT = "timeout"
 """A message did not arrive (or finish arriving) in time; the connection is closed."""
 E_TRAINING_FAILED = "training_failed"
@@ -108,6 +109,8 @@ MAX_REASON_CHARS = 1000
 """Longer error reasons and bye reasons are cut to this length by :meth:`Error.of`."""
 MAX_ROUND = 2**31 - 1
 MAX_EXAMPLES = 2**31 - 1
+"""The largest ``num_examples`` an update may claim (checked with the rest of the update by
+:func:`lpfl.validation.check_update`)."""
 
 _HEADER_LENGTH = struct.Struct(">I")
 _CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -351,7 +354,10 @@ class Update(Message):
     """Client to server: the state trained in ``round``, weighted by ``num_examples``.
 
     ``tensors`` (the payload) is the trained state (same keys and shapes as the task's),
-    ``metrics`` numbers such as ``train_loss``, ``soft_labels`` and ``compute_seconds``.
+    ``metrics`` numbers such as ``train_loss``, ``soft_labels_added`` and ``compute_seconds``
+    (finite: JSON has no others). What the values must be to be aggregated (``num_examples`` in
+    ``[1, MAX_EXAMPLES]``, the task's names and shapes, finite tensors) is checked by the
+    receiver's round machine (:func:`lpfl.validation.check_update`), not here.
     """
 
     TYPE: ClassVar[str] = UPDATE
@@ -369,8 +375,8 @@ class Update(Message):
 
     def _check_body(self) -> None:
         _require(self.round >= 1, E_BAD_MESSAGE, "an update's round must be >= 1")
-        _require(_is_int(self.num_examples) and 1 <= self.num_examples <= MAX_EXAMPLES,
-                 E_BAD_MESSAGE, f"num_examples {self.num_examples!r} must be an integer >= 1")
+        _require(_is_int(self.num_examples), E_BAD_MESSAGE,
+                 f"num_examples {self.num_examples!r} must be an integer")
         _require(isinstance(self.metrics, Mapping), E_BAD_MESSAGE, "metrics must be a map")
         _check_metrics(self.metrics, "metrics")
 

@@ -42,9 +42,10 @@ from websockets.http11 import Request, Response
 
 from lpfl import protocol, transport, wire
 from lpfl.errors import ConfigError, LpflError
+from lpfl.records import RoundRecord, Traffic
+from lpfl.results import ResultsWriter
 from lpfl.server.auth import TokenAuthenticator
 from lpfl.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from lpfl.server.results import ClientRecord, ResultsWriter, RoundRecord
 from lpfl.server.tls import server_ssl_context
 from lpfl.strategy import FedAvg
 from lpfl.transport import ServerSettings
@@ -109,16 +110,6 @@ class MeteredServerConnection(transport.MeteredProtocol, ServerConnection):
             self.transport.resume_reading()
             if held:
                 super().data_received(bytes(held))
-
-
-@dataclass
-class _Traffic:
-    """Bytes one client moved in the current accounting window."""
-
-    wire_in: int = 0
-    wire_out: int = 0
-    payload_in: int = 0
-    payload_out: int = 0
 
 
 class _Session:
@@ -187,8 +178,8 @@ class AggregatorServer:
             self.history = list(checkpoint.rounds)
             if self.history:
                 reference = protocol.median_norm(
-                    [c.update_norm for c in self.history[-1].clients
-                     if c.status in (protocol.Status.UPDATED, protocol.Status.DISCARDED)])
+                    [c.outcome.update_norm for c in self.history[-1].clients
+                     if c.outcome.status.accepted])
                 evaluation = self.history[-1].eval_metrics
             rng = torch.frombuffer(bytearray(checkpoint.rng_state), dtype=torch.uint8)
             torch.set_rng_state(rng)
@@ -206,7 +197,8 @@ class AggregatorServer:
         self._evaluate = evaluate
         self._results = results
         self._sessions: dict[str, _Session] = {}
-        self._window: dict[str, _Traffic] = {}
+        self._window: dict[str, Traffic] = {}
+        """Each client's bytes since the last round closed."""
         self._upload_slots = asyncio.Semaphore(settings.max_concurrent_uploads)
         self._timer: asyncio.TimerHandle | None = None
         self._round_started: float | None = None
@@ -338,7 +330,7 @@ class AggregatorServer:
                 self._refuse(session, exc)
                 continue
             if isinstance(message, wire.Update):
-                self._traffic(session.client_id).payload_in += len(message.tensors)
+                self._count(session.client_id, Traffic(payload_uplink_bytes=len(message.tensors)))
                 self._apply(self.machine.handle(protocol.UpdateReceived(message)))
             elif isinstance(message, wire.Error):
                 self._apply(self.machine.handle(protocol.ClientFailed(message)))
@@ -405,7 +397,8 @@ class AggregatorServer:
                 for frame in message.frames():
                     await session.ws.send(frame)
                 if isinstance(message, wire.Task):
-                    self._traffic(session.client_id).payload_out += len(message.tensors)
+                    self._count(session.client_id,
+                                Traffic(payload_downlink_bytes=len(message.tensors)))
             await session.ws.close()
         except ConnectionClosed:
             return
@@ -429,15 +422,15 @@ class AggregatorServer:
 
     # Byte accounting
 
-    def _traffic(self, client_id: str) -> _Traffic:
-        return self._window.setdefault(client_id, _Traffic())
+    def _count(self, client_id: str, traffic: Traffic) -> None:
+        self._window[client_id] = self._window.get(client_id, Traffic()) + traffic
 
     def _account(self, session: _Session) -> None:
         """Move what the connection's meter counted since last time into the current window."""
-        traffic = self._traffic(session.client_id)
         meter = session.ws.meter
-        traffic.wire_in += meter.bytes_in - session.counted_in
-        traffic.wire_out += meter.bytes_out - session.counted_out
+        self._count(session.client_id,
+                    Traffic(wire_uplink_bytes=meter.bytes_in - session.counted_in,
+                            wire_downlink_bytes=meter.bytes_out - session.counted_out))
         session.counted_in, session.counted_out = meter.bytes_in, meter.bytes_out
 
     # Machine actions
@@ -493,16 +486,15 @@ class AggregatorServer:
             window, self._window = self._window, {}
             seconds = time.monotonic() - (self._round_started or time.monotonic())
             self._round_started = None
-            record = _round_record(committed, window, seconds, self.machine.clients,
-                                   eval_seconds)
+            record = committed.record(window, seconds, self.machine.clients, eval_seconds)
             self.history.append(record)
             checkpoint = Checkpoint(committed.round, committed.global_state, list(self.history),
                                     torch.get_rng_state().numpy().tobytes())
             await asyncio.to_thread(save_checkpoint, self.checkpoint_path, checkpoint)
             await asyncio.to_thread(self._results.write, list(self.history))
             logger.info("round %d recorded: eval %s, %d bytes up, %d down on the wire",
-                        closed.round, record.eval_metrics, record.total("wire_uplink_bytes"),
-                        record.total("wire_downlink_bytes"))
+                        closed.round, record.eval_metrics, record.traffic.wire_uplink_bytes,
+                        record.traffic.wire_downlink_bytes)
             self._apply(self.machine.handle(protocol.RoundRecorded(closed.round)))
         except Exception as exc:
             logger.exception("round %d could not be recorded", closed.round)
@@ -510,18 +502,3 @@ class AggregatorServer:
                 self._done.set_exception(LpflError(f"round {closed.round} could not be "
                                                    f"recorded: {exc}"))
 
-
-def _round_record(closed: protocol.RoundCommitted,
-                  window: Mapping[str, _Traffic], seconds: float,
-                  capabilities: Mapping[str, Mapping[str, Any]],
-                  eval_seconds: float) -> RoundRecord:
-    clients = []
-    for cid in sorted(set(closed.outcomes) | set(window)):
-        outcome = closed.outcomes.get(cid, protocol.ClientOutcome(protocol.Status.IDLE))
-        traffic = window.get(cid, _Traffic())
-        clients.append(ClientRecord(
-            cid, outcome.status, outcome.num_examples, dict(outcome.metrics), outcome.update_norm,
-            outcome.clipped, outcome.code, traffic.payload_in, traffic.payload_out,
-            traffic.wire_in, traffic.wire_out, dict(capabilities.get(cid, {})), outcome.reason))
-    return RoundRecord(closed.round, closed.attempt, seconds, dict(closed.eval_metrics),
-                       dict(closed.train_metrics), clients, eval_seconds, closed.refused)

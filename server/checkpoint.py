@@ -2,7 +2,7 @@
 
 One safetensors file: the global state as float32 tensors, and in its metadata (key
 ``lpfl.checkpoint``) a JSON document with the last completed round, the history of
-:class:`~lpfl.server.results.RoundRecord` and the server's torch RNG state. One file means one
+:class:`~lpfl.records.RoundRecord` and the server's torch RNG state. One file means one
 atomic rename: a crash at any moment leaves the previous round's checkpoint or this one.
 """
 
@@ -19,8 +19,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as st_save
 
 from lpfl.errors import ConfigError
+from lpfl.records import RoundRecord
 from lpfl.results import write_atomically
-from lpfl.server.results import RoundRecord
 
 _KEY = "lpfl.checkpoint"
 FORMAT_VERSION = 1

@@ -23,8 +23,8 @@ import torch
 
 from lpfl.config import RunConfig
 from lpfl.errors import LpflError
+from lpfl.results import JsonResultsWriter, ResultsWriter
 from lpfl.server.app import AggregatorServer, Evaluate, RunOutcome
-from lpfl.server.results import JsonResultsWriter, ResultsWriter
 from lpfl.server.tls import make_self_signed_cert
 from lpfl.strategy import FedAvg
 from lpfl.tokens import load_tokens

@@ -33,10 +33,10 @@ from lpfl.config import RunConfig
 from lpfl.edge_client import cli as client_cli
 from lpfl.edge_client.connection import ClientSettings, EdgeClient
 from lpfl.protocol import RoundRules
+from lpfl.results import JsonResultsWriter
 from lpfl.rounds import drive
 from lpfl.server import cli as server_cli
 from lpfl.server.app import AggregatorServer, Evaluate, RunOutcome
-from lpfl.server.results import JsonResultsWriter
 from lpfl.strategy import ClientUpdate, FedAvg
 from lpfl.tokens import make_tokens
 from lpfl.trainer_api import device_capabilities

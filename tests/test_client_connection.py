@@ -185,4 +185,4 @@ def test_a_client_training_longer_than_the_ping_timeout_keeps_its_connection(
     rounds, outcome = asyncio.run(main())
     assert rounds == 1 and trainer.rounds == [1]
     (record,) = outcome.rounds
-    assert record.attempts == 1 and [c.status for c in record.clients] == ["updated"]
+    assert record.attempts == 1 and [c.outcome.status for c in record.clients] == ["updated"]

@@ -10,10 +10,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safetensors.torch import save as st_save
 
 from lpfl import protocol as p
 from lpfl import wire
 from lpfl.errors import ConfigError
+from lpfl.records import ClientOutcome, ClientStatus
 from lpfl.strategy import Aggregation, FedAvg
 from lpfl.tensors import encode_tensors
 
@@ -81,12 +83,15 @@ def test_round_waits_for_enough_clients_then_sends_tasks() -> None:
 def test_full_run_matches_in_process_fedavg_and_says_bye() -> None:
     m = machine(rounds=2, per_round=2)
     join(m, "c1", "c2")
-    m.handle(update("c1", 1, 1.0, examples=1, train_loss=4.0))
-    closed = only(m.handle(update("c2", 1, 4.0, examples=3, train_loss=2.0)), p.RoundClosed)
+    m.handle(update("c1", 1, 1.0, examples=1, train_loss=4.0, soft_labels_added=5.0))
+    closed = only(m.handle(update("c2", 1, 4.0, examples=3, train_loss=2.0,
+                                  soft_labels_added=2.0)), p.RoundClosed)
     expected = np.average([1.0, 4.0], weights=[1, 3])
     for name, tensor in closed.global_state.items():
         assert torch.allclose(tensor, torch.full_like(GLOBAL[name], expected))
-    assert closed.train_metrics == {"train_loss": pytest.approx((4.0 + 3 * 2.0) / 4)}
+    # Losses are example-weighted, counts summed (lpfl.metrics).
+    assert closed.train_metrics == {"soft_labels_added": 7.0,
+                                    "train_loss": pytest.approx((4.0 + 3 * 2.0) / 4)}
     assert {c: o.status for c, o in closed.outcomes.items()} == {"c1": "updated", "c2": "updated"}
     assert m.max_update_bytes() > len(encode_tensors(GLOBAL))
     assert phase(m) is p.Phase.EVALUATING
@@ -122,25 +127,36 @@ def test_updates_for_other_rounds_or_from_strangers_are_refused() -> None:
     assert m.screen_update(sampled[0], 1) is not None
 
 
-@pytest.mark.parametrize(
-    "payload",
-    [
-        encode_tensors({"a": torch.zeros(2, 3)}),
-        encode_tensors({"a": torch.zeros(3, 2), "b": torch.ones(4)}),
-        encode_tensors({"a": torch.zeros(2, 3), "b": torch.ones(4), "c": torch.ones(1)}),
-        encode_tensors({"a": torch.full((2, 3), math.nan), "b": torch.ones(4)}),
-        encode_tensors({"a": torch.full((2, 3), math.inf), "b": torch.ones(4)}),
-        b"not safetensors at all",
-    ],
-    ids=["missing", "shape", "extra", "nan", "inf", "garbage"],
-)
-def test_invalid_updates_get_an_error_and_the_round_still_closes(payload: bytes) -> None:
+GOOD = encode_tensors(GLOBAL)
+INVALID = {
+    "missing": (encode_tensors({"a": torch.zeros(2, 3)}), 5, "missing ['b']"),
+    "shape": (encode_tensors({"a": torch.zeros(3, 2), "b": torch.ones(4)}), 5,
+              "'a' has shape (3, 2), expected (2, 3)"),
+    "extra": (encode_tensors({**GLOBAL, "c": torch.ones(1)}), 5, "unexpected ['c']"),
+    "dtype": (st_save({"a": torch.zeros(2, 3, dtype=torch.int32), "b": torch.ones(4)},
+                      metadata={"lpfl.encoding": "fp32"}), 5, "'a' is torch.int32"),
+    "nan": (encode_tensors({"a": torch.full((2, 3), math.nan), "b": torch.ones(4)}), 5,
+            "'a' is not finite"),
+    "inf": (encode_tensors({"a": torch.full((2, 3), math.inf), "b": torch.ones(4)}), 5,
+            "'a' is not finite"),
+    "garbage": (b"not safetensors at all", 5, "tensor payload"),
+    "no examples": (GOOD, 0, "num_examples 0 must be an integer in [1, "),
+    "negative examples": (GOOD, -3, "num_examples -3 must be an integer in [1, "),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(INVALID))
+def test_invalid_updates_get_an_error_and_the_round_still_closes(kind: str) -> None:
+    payload, examples, reason = INVALID[kind]
     m = machine(rounds=1, per_round=2)
     join(m, "c1", "c2")
-    bad = m.handle(p.UpdateReceived(wire.Update(1, "c1", payload, 5)))
-    assert sends(bad, wire.Error)["c1"].code == wire.E_INVALID_UPDATE
+    bad = m.handle(p.UpdateReceived(wire.Update(1, "c1", payload, examples)))
+    error = sends(bad, wire.Error)["c1"]
+    assert error.code == wire.E_INVALID_UPDATE and reason in error.reason
     closed = only(m.handle(update("c2", 1, 2.0)), p.RoundClosed)
-    assert closed.outcomes["c1"].status == "rejected"
+    outcome = closed.outcomes["c1"]
+    assert (outcome.status, outcome.code, outcome.reason) == (
+        ClientStatus.REJECTED, wire.E_INVALID_UPDATE, error.reason)
     assert torch.equal(closed.global_state["b"], torch.full((4,), 2.0))
 
 
@@ -171,8 +187,8 @@ def test_too_few_updates_retry_the_round_then_abort() -> None:
     m.handle(update("c1", 1, 1.0))
     retry = m.handle(p.ClientFailed(wire.Error(1, "c2", wire.E_TRAINING_FAILED, "oom")))
     failed = only(retry, p.RoundFailed)
-    assert failed.outcomes["c2"] == p.ClientOutcome(p.Status.FAILED, code=wire.E_TRAINING_FAILED,
-                                                    reason="oom")
+    assert failed.outcomes["c2"] == ClientOutcome(ClientStatus.FAILED, code=wire.E_TRAINING_FAILED,
+                                                 reason="oom")
     assert set(sends(retry, wire.Task)) == {"c1", "c2"}
     assert only(retry, p.StartTimer) == p.StartTimer(1, 2, 120.0)
     m.handle(p.ClientLeft("c2"))
@@ -329,7 +345,7 @@ def test_the_guard_keeps_the_last_good_state_and_names_the_outlier() -> None:
     closed = only(m.handle(update("c3", 1, 3e38)), p.RoundClosed)
     assert "exceeds the bound" in closed.refused
     assert all(torch.equal(closed.global_state[n], GLOBAL[n]) for n in GLOBAL)
-    assert closed.outcomes["c3"].status is p.Status.DISCARDED
+    assert closed.outcomes["c3"].status is ClientStatus.DISCARDED
     assert "update norm" in closed.outcomes["c3"].reason
     assert closed.outcomes["c1"].reason == "the round's aggregate was refused"
     assert closed.train_metrics == {}
@@ -382,7 +398,7 @@ def test_the_accuracy_guard_refuses_a_state_whose_accuracy_collapses() -> None:
     assert "0.65 is 0.15 below the last committed state's 0.8" in verdict.refused
     assert all(torch.equal(verdict.global_state[n], GLOBAL[n]) for n in GLOBAL)
     assert verdict.eval_metrics == {"accuracy": 0.8}  # the kept state's
-    assert verdict.outcomes["c1"].status is p.Status.DISCARDED
+    assert verdict.outcomes["c1"].status is ClientStatus.DISCARDED
     assert verdict.outcomes["c1"].reason == "the round's aggregate was refused"
     assert verdict.train_metrics == {}
     # The next round starts from the kept state; a smaller drop is committed.
@@ -392,7 +408,7 @@ def test_the_accuracy_guard_refuses_a_state_whose_accuracy_collapses() -> None:
     verdict = evaluated(m, 2, 0.75)
     assert not verdict.refused and verdict.eval_metrics == {"accuracy": 0.75}
     assert torch.equal(m.global_state["a"], torch.full((2, 3), 0.25))
-    assert verdict.outcomes["c1"].status is p.Status.UPDATED
+    assert verdict.outcomes["c1"].status is ClientStatus.UPDATED
 
 
 def test_the_accuracy_guard_compares_with_the_last_committed_state() -> None:

@@ -234,6 +234,6 @@ def test_a_client_written_from_the_document_alone_completes_a_run(tmp_path: Path
     assert outcome.completed
     first, second = outcome.rounds
     assert first.attempts == 2
-    assert [(c.status, c.num_examples) for c in second.clients] == [("updated", 7)]
+    assert [(c.outcome.status, c.outcome.num_examples) for c in second.clients] == [("updated", 7)]
     for tensor in outcome.global_state.values():
         np.testing.assert_allclose(tensor.numpy(), 1.5, rtol=1e-3)  # 0 -> 1 -> 1.5

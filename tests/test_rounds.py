@@ -49,8 +49,10 @@ def test_rounds_see_the_replies_bytes_and_the_machines_verdict() -> None:
                   trainers, ff.evaluate, seen.append)
     assert [r.committed.round for r in seen] == [1, 2]
     first = seen[0]
-    assert set(first.replies) == {c for c, o in first.committed.outcomes.items()}
-    assert first.downlink_bytes > first.uplink_bytes > 0  # fp32 down, fp16 up
+    assert set(first.traffic) == set(first.committed.outcomes)
+    traffic = first.record().traffic
+    assert traffic.payload_downlink_bytes > traffic.payload_uplink_bytes > 0  # fp32 down, fp16 up
+    assert traffic.wire_uplink_bytes == traffic.wire_downlink_bytes == 0
     assert first.committed.eval_metrics == ff.evaluate(1, first.committed.global_state)
     for name, tensor in seen[-1].committed.global_state.items():
         assert torch.equal(final[name], tensor)

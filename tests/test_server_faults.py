@@ -176,7 +176,7 @@ def test_oversized_payloads_are_refused_before_they_are_read(tmp_path: Path) -> 
     outcome = with_server(tmp_path, scenario, ["c-1", "c-2"], clients_per_round=2)
     assert outcome.completed
     (c2,) = [c for c in outcome.rounds[0].clients if c.client_id == "c-2"]
-    assert (c2.status, c2.code) == ("rejected", wire.E_TOO_LARGE)
+    assert (c2.outcome.status, c2.outcome.code) == ("rejected", wire.E_TOO_LARGE)
 
 
 def _frame(document: dict[str, Any], payload: bytes) -> bytes:
@@ -185,7 +185,7 @@ def _frame(document: dict[str, Any], payload: bytes) -> bytes:
     return len(header).to_bytes(4, "big") + header + payload
 
 
-def _update_document(payload_bytes: int, num_examples: int = 3) -> dict[str, Any]:
+def _update_document(payload_bytes: int, num_examples: object = 3) -> dict[str, Any]:
     return {"schema_version": 1, "type": "update", "round": 1, "client_id": "c-2",
             "payload_bytes": payload_bytes, "body": {"num_examples": num_examples, "metrics": {}}}
 
@@ -197,8 +197,10 @@ def _state(value: float, extra: int = 0) -> dict[str, torch.Tensor]:
 
 
 REFUSALS: dict[str, tuple[list[bytes], str]] = {
-    "bad_message": ([_frame(_update_document(10, num_examples=0), bytes(10))],
+    "bad_message": ([_frame(_update_document(10, num_examples="3"), bytes(10))],
                     wire.E_BAD_MESSAGE),
+    "no examples": ([wire.Update(1, "c-2", encode_tensors(_state(1.0)), 0).serialize()],
+                    wire.E_INVALID_UPDATE),
     "payload overrun": ([_frame(_update_document(10), bytes(5)), bytes(10)], wire.E_BAD_FRAME),
     "NaN": ([wire.Update(1, "c-2", encode_tensors(_state(math.nan)), 3).serialize()],
             wire.E_INVALID_UPDATE),
@@ -230,7 +232,7 @@ def test_a_refusal_ends_the_clients_turn_at_once_with_its_code(tmp_path: Path,
     record = outcome.rounds[0]
     assert record.seconds < 30  # not the deadline
     (c2,) = [c for c in record.clients if c.client_id == "c-2"]
-    assert (c2.status, c2.code) == ("rejected", code) and c2.reason
+    assert (c2.outcome.status, c2.outcome.code) == ("rejected", code) and c2.outcome.reason
 
 
 def test_stalled_uploads_give_their_slots_back_and_honest_uploads_complete(
@@ -267,8 +269,8 @@ def test_stalled_uploads_give_their_slots_back_and_honest_uploads_complete(
     record = outcome.rounds[0]
     assert record.attempts == 1 and record.seconds < 30  # closed by the replies, not the deadline
     rows = {c.client_id: c for c in record.clients}
-    assert rows["c-1"].status == "updated"
-    assert {(rows[cid].status, rows[cid].code) for cid in stallers} == {
+    assert rows["c-1"].outcome.status == "updated"
+    assert {(rows[cid].outcome.status, rows[cid].outcome.code) for cid in stallers} == {
         ("rejected", wire.E_TIMEOUT)}
 
 
@@ -297,7 +299,7 @@ def test_client_dropping_mid_upload_does_not_stop_the_round(tmp_path: Path) -> N
 
     outcome = with_server(tmp_path, scenario, ["c-1", "c-2"], clients_per_round=2)
     assert outcome.completed
-    statuses = {c.client_id: c.status for c in outcome.rounds[0].clients}
+    statuses = {c.client_id: c.outcome.status for c in outcome.rounds[0].clients}
     assert statuses == {"c-1": "updated", "c-2": "dropped"}
 
 
@@ -383,4 +385,5 @@ def test_fuzzed_frames_never_crash_the_server_and_the_round_completes(
     with tempfile.TemporaryDirectory() as folder:
         outcome = with_server(Path(folder), scenario, ["c-1", "fz-1"], min_clients=1)
     assert outcome.completed
-    assert [c.status for c in outcome.rounds[0].clients if c.client_id == "c-1"] == ["updated"]
+    assert [c.outcome.status for c in outcome.rounds[0].clients
+            if c.client_id == "c-1"] == ["updated"]

@@ -15,9 +15,9 @@ import torch
 from lpfl import wire
 from lpfl.edge_client.connection import EdgeClient
 from lpfl.errors import ConfigError
+from lpfl.records import RoundRecord
 from lpfl.server.app import AggregatorServer, RunOutcome
 from lpfl.server.checkpoint import load_checkpoint
-from lpfl.server.results import RoundRecord
 from lpfl.strategy import ClientUpdate
 from lpfl.tokens import make_tokens
 from tests import fake_federation as ff
@@ -42,18 +42,19 @@ def test_run_matches_in_process_fedavg_and_records_every_round(tmp_path: Path) -
     assert [r["round"] for r in results["rounds"]] == [1, 2, 3]
     assert [r.round for r in checkpoint.rounds] == [1, 2, 3]
     # Default clipping acts on these clients, and the in-process reference clipped alike.
-    assert any(c.clipped for r in checkpoint.rounds for c in r.clients)
+    assert any(c.outcome.clipped for r in checkpoint.rounds for c in r.clients)
     for document in results["rounds"]:
         record = RoundRecord.from_dict(document)
         assert record.to_dict() == document
         assert set(record.eval_metrics) == {"mean"}
-        updated = [c for c in record.clients if c.status == "updated"]
+        updated = [c for c in record.clients if c.outcome.status == "updated"]
         assert len(updated) == 2
         for c in updated:
-            assert c.num_examples == 10 + ff.client_index(c.client_id)
-            assert c.wire_uplink_bytes > c.payload_uplink_bytes > 0
-            assert c.wire_downlink_bytes > c.payload_downlink_bytes > 0
-        assert document["wire_uplink_bytes"] == sum(c.wire_uplink_bytes for c in record.clients)
+            assert c.outcome.num_examples == 10 + ff.client_index(c.client_id)
+            assert c.traffic.wire_uplink_bytes > c.traffic.payload_uplink_bytes > 0
+            assert c.traffic.wire_downlink_bytes > c.traffic.payload_downlink_bytes > 0
+        assert document["wire_uplink_bytes"] == sum(c.traffic.wire_uplink_bytes
+                                                    for c in record.clients)
 
 
 def test_wire_bytes_per_client_add_up_to_what_the_client_counted(tmp_path: Path) -> None:
@@ -70,12 +71,12 @@ def test_wire_bytes_per_client_add_up_to_what_the_client_counted(tmp_path: Path)
     run, clients = asyncio.run(scenario())
     for cid, edge in clients.items():
         rows = [c for r in run.outcome.rounds for c in r.clients if c.client_id == cid]
-        up = sum(c.wire_uplink_bytes for c in rows)
-        down = sum(c.wire_downlink_bytes for c in rows)
+        up = sum(c.traffic.wire_uplink_bytes for c in rows)
+        down = sum(c.traffic.wire_downlink_bytes for c in rows)
         # Only the bye and the closing handshake come after the last round closed.
         assert 0 <= edge.wire_bytes_out - up <= 64
         assert 0 <= edge.wire_bytes_in - down <= 400
-        assert up > sum(c.payload_uplink_bytes for c in rows) > 0
+        assert up > sum(c.traffic.payload_uplink_bytes for c in rows) > 0
 
 
 def test_lora_sized_update_has_under_two_percent_wire_overhead(tmp_path: Path) -> None:
@@ -89,10 +90,10 @@ def test_lora_sized_update_has_under_two_percent_wire_overhead(tmp_path: Path) -
     assert run.outcome.completed and len(run.outcome.rounds) == 2
     for record in run.outcome.rounds:
         (row,) = record.clients
-        assert row.payload_uplink_bytes > 900_000
-        overhead = row.wire_uplink_bytes / row.payload_uplink_bytes - 1
+        assert row.traffic.payload_uplink_bytes > 900_000
+        overhead = row.traffic.wire_uplink_bytes / row.traffic.payload_uplink_bytes - 1
         assert 0 < overhead < 0.02, overhead
-        assert row.wire_downlink_bytes / row.payload_downlink_bytes - 1 < 0.02
+        assert row.traffic.wire_downlink_bytes / row.traffic.payload_downlink_bytes - 1 < 0.02
 
 
 def test_trainer_failure_becomes_an_error_and_the_round_goes_on(tmp_path: Path) -> None:
@@ -101,9 +102,9 @@ def test_trainer_failure_becomes_an_error_and_the_round_goes_on(tmp_path: Path) 
                                         trainers=trainers))
     assert run.outcome.completed
     first = {c.client_id: c for c in run.outcome.rounds[0].clients}
-    assert first["c-3"].status == "failed"
-    assert first["c-3"].code == wire.E_TRAINING_FAILED
-    assert {c.status for c in run.outcome.rounds[1].clients} == {"updated"}
+    assert first["c-3"].outcome.status == "failed"
+    assert first["c-3"].outcome.code == wire.E_TRAINING_FAILED
+    assert {c.outcome.status for c in run.outcome.rounds[1].clients} == {"updated"}
     assert run.client_rounds == {"c-1": 2, "c-2": 2, "c-3": 1}
 
 
@@ -159,15 +160,15 @@ def test_one_poisoning_client_cannot_break_the_model_with_default_settings(
     # No bound is known in the first round: the guard refuses its aggregate and names the client.
     assert "exceeds the bound" in first.refused
     assert first.eval_metrics == {"mean": 0.0}  # the initial state, kept
-    statuses = {c.client_id: (c.status, c.reason) for c in first.clients}
+    statuses = {c.client_id: (c.outcome.status, c.outcome.reason) for c in first.clients}
     assert statuses["c-9"][0] == "discarded" and "update norm" in statuses["c-9"][1]
     # Then the first round's median norm bounds every update: the poison is clipped, the honest
     # clients' updates count, and the model moves toward them.
     for record in later:
         assert not record.refused
         rows = {c.client_id: c for c in record.clients}
-        assert rows["c-9"].status == "updated" and rows["c-9"].clipped
-        assert all(rows[cid].status == "updated" for cid in IDS)
+        assert rows["c-9"].outcome.status == "updated" and rows["c-9"].outcome.clipped
+        assert all(rows[cid].outcome.status == "updated" for cid in IDS)
     results = json.loads((tmp_path / "results.json").read_text())["rounds"]
     assert results[0]["refused"] == first.refused
     assert [c["status"] for c in results[0]["clients"] if c["client_id"] == "c-9"] == [
@@ -212,8 +213,8 @@ def test_the_accuracy_guard_keeps_the_last_good_state_when_a_small_update_ruins_
     assert "its accuracy 0 is 1 below the last committed state's 1" in first.refused
     assert first.eval_metrics == {"accuracy": 1.0}  # the kept initial state's
     rows = {c.client_id: c for c in first.clients}
-    assert not rows["c-9"].clipped and rows["c-9"].update_norm < 0.1
-    assert {c.status for c in first.clients} == {"discarded"}
+    assert not rows["c-9"].outcome.clipped and rows["c-9"].outcome.update_norm < 0.1
+    assert {c.outcome.status for c in first.clients} == {"discarded"}
     assert all(not r.refused and r.eval_metrics == {"accuracy": 1.0} for r in later)
     assert float(min(t.min() for t in run.outcome.global_state.values())) > 0
     checkpoint = load_checkpoint(tmp_path / "checkpoint.safetensors")

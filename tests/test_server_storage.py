@@ -16,11 +16,11 @@ import torch
 
 from lpfl.errors import ConfigError, LpflError
 from lpfl.protocol import ClipMode, RoundRules
-from lpfl.results import write_atomically
+from lpfl.records import ClientOutcome, ClientRecord, ClientStatus, RoundRecord, Traffic
+from lpfl.results import JsonResultsWriter, write_atomically
 from lpfl.server import cli as server_cli
 from lpfl.server.auth import TokenAuthenticator
 from lpfl.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from lpfl.server.results import ClientRecord, JsonResultsWriter, RoundRecord
 from lpfl.strategy import Aggregation
 from lpfl.tokens import load_tokens, make_tokens
 from lpfl.transport import ServerSettings, load_server_config, server_settings_from_dict
@@ -28,9 +28,10 @@ from lpfl.transport import ServerSettings, load_server_config, server_settings_f
 RECORD = RoundRecord(
     round=2, attempts=1, seconds=0.5, eval_metrics={"accuracy": 0.75},
     train_metrics={"train_loss": 0.5},
-    clients=[ClientRecord("c-1", "updated", 12, {"train_loss": 0.5}, 1.5, False, "", 100, 90,
-                          180, 170),
-             ClientRecord("c-2", "idle", wire_uplink_bytes=20, wire_downlink_bytes=30)],
+    clients=[ClientRecord("c-1", ClientOutcome(ClientStatus.UPDATED, 12, {"train_loss": 0.5}, 1.5),
+                          Traffic(100, 90, 180, 170)),
+             ClientRecord("c-2", ClientOutcome(ClientStatus.IDLE),
+                          Traffic(wire_uplink_bytes=20, wire_downlink_bytes=30))],
 )
 
 

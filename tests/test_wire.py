@@ -162,7 +162,7 @@ def test_empty_continuation_frame_is_refused_and_reader_resets() -> None:
     [
         wire.Hello(0, "c", {**CAPS, "memory_bytes": -1}),
         wire.Hello(0, "c", {k: v for k, v in CAPS.items() if k != "backend"}),
-        wire.Update(1, "c", b"x", 0),
+        wire.Update(1, "c", b"x", True),
         wire.Update(0, "c", b"x", 1),
         wire.Update(1, "c", b"x", 1, {"loss": float("nan")}),
         wire.Update(1, "c", b"", 1),

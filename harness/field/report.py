@@ -23,6 +23,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
+from lpfl.harness.field.run import EXTRAPOLATED
+from lpfl.records import ClientStatus
 from lpfl.report import human_bytes
 
 log = logging.getLogger(__name__)
@@ -76,7 +78,7 @@ def time_to_accuracy(run: dict[str, Any], target: float) -> float | None:
 def phase_means(run: dict[str, Any]) -> dict[str, float]:
     """Mean seconds per client and round in each phase (updated and extrapolated clients)."""
     cs = [c for r in run["rounds"] for c in r["clients"]
-          if c["status"] in ("updated", "extrapolated")]
+          if c["status"] in (ClientStatus.UPDATED, EXTRAPOLATED)]
     return {p: sum(c.get(p, 0.0) for c in cs) / max(len(cs), 1) for p in PHASES}
 
 
@@ -174,7 +176,8 @@ def write_field_report(out: Path, target: float | None = None,
               "wait s | |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         for row in run["rounds"]:
-            cs = [c for c in row["clients"] if c["status"] in ("updated", "extrapolated")]
+            cs = [c for c in row["clients"]
+                  if c["status"] in (ClientStatus.UPDATED, EXTRAPOLATED)]
 
             def mean(key: str, cs: list[dict[str, Any]] = cs) -> str:
                 return f"{sum(c.get(key, 0.0) for c in cs) / max(len(cs), 1):.2f}"

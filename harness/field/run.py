@@ -45,9 +45,14 @@ from lpfl.harness.launch import (
 from lpfl.harness.run_report import full_model_payload
 from lpfl.methods import Trains, lookup
 from lpfl.profiles.links import LinkProfile, load_profiles
+from lpfl.records import ClientStatus
 from lpfl.transport import ServerSettings, load_server_config
 
 log = logging.getLogger(__name__)
+
+EXTRAPOLATED = "extrapolated"
+"""The status of the one client row of an extrapolated round (a mean, not a client)."""
+
 
 @dataclass(frozen=True)
 class FieldPlan:
@@ -196,7 +201,8 @@ def extrapolate(rows: list[dict[str, Any]], budget: RoundBudget, profile: LinkPr
         mean = {k: sum(r.get(k, 0.0) for r in rows) / len(rows) for k in keys}
         client_keys = ("upload_seconds", "download_seconds", "compute_seconds", "eval_seconds",
                        "wait_seconds", "soft_label_seconds", "train_seconds")
-        cs = [c for r in rows for c in r["clients"] if c["status"] == "updated"] or [{}]
+        cs = [c for r in rows for c in r["clients"]
+              if c["status"] == ClientStatus.UPDATED] or [{}]
         per_client = {k: sum(c.get(k, 0.0) for c in cs) / len(cs) for k in client_keys}
         basis = "mean of the measured rounds"
     else:
@@ -214,7 +220,7 @@ def extrapolate(rows: list[dict[str, Any]], budget: RoundBudget, profile: LinkPr
         basis = "physical limit of the link (nothing measured)"
     start = rows[-1]["round"] + 1 if rows else 1
     extra = [{"round": start + i, **mean, "accuracy": None, "extrapolated": True,
-              "basis": basis, "clients": [{"client_id": "mean", "status": "extrapolated",
+              "basis": basis, "clients": [{"client_id": "mean", "status": EXTRAPOLATED,
                                            **per_client}]} for i in range(missing)]
     return rows + extra
 
@@ -264,7 +270,7 @@ class FieldRunner:
             rounds, chunks = self._serve(namespaces, profile, method, budget, out)
         rows = field_rows(rounds, chunks, profile)
         computes = [c["compute_seconds"] for r in rows for c in r["clients"]
-                    if c["status"] == "updated"]
+                    if c["status"] == ClientStatus.UPDATED]
         if computes and lookup(method).trains is not Trains.FULL:
             self.compute_estimate_s = max(self.compute_estimate_s, max(computes))
         rows = extrapolate(rows, budget, profile, self.config, self.settings, self.plan.clients)
