@@ -120,6 +120,9 @@ def _add_network_commands(sub: Any) -> None:
     from lpfl.harness.field import cli as field_cli
 
     field_cli.add_parser(sub)
+    from lpfl.flower import cli as flower_cli
+
+    flower_cli.add_parser(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:

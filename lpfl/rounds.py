@@ -1,4 +1,4 @@
-"""A whole federation in one process, through the server's round machine: no sockets, no clock.
+"""A whole federation driven through the server's round machine, without the websocket server.
 
 :func:`drive` plays the websocket server and every client around a
 :class:`~lpfl.protocol.RoundMachine`. Every client is connected before the first round (so
@@ -10,9 +10,12 @@ Validation, clipping, the aggregation rule and both guards are therefore exactly
 and the simulation (:mod:`lpfl.simulate`) and the robustness benchmark run them as a server
 would.
 
-Every client answers every task at once, so deadlines never pass. A client that raises stops
-the run (in one process it is a bug, not a flaky device); an update the machine refuses counts
-as that client's reply, and a run whose rounds keep failing raises :class:`RunAborted`.
+The clients are a :class:`Fleet`: trainers in this process (:class:`InProcess`, what
+``lpfl simulate`` uses) or nodes behind another transport (the Flower app's). The fleet answers
+every task before the machine moves on, so deadlines never pass. An in-process trainer that raises
+stops the run (in one process it is a bug, not a flaky device); an error a fleet reports counts
+as that client's failed reply, as does an update the machine refuses, and a run whose rounds
+keep failing raises :class:`RunAborted`.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 
@@ -30,7 +34,7 @@ from lpfl.errors import LpflError
 from lpfl.records import RoundRecord, Traffic
 from lpfl.strategy import FedAvg
 from lpfl.tensors import decode_tensors, encode_tensors
-from lpfl.trainer_api import Trainer
+from lpfl.trainer_api import Trainer, TrainResult
 
 Evaluate = Callable[[int, Mapping[str, torch.Tensor]], Mapping[str, float]]
 """``evaluate(round, state)``: metrics of a closed round's state (``accuracy`` when the rules
@@ -57,41 +61,100 @@ class DrivenRound:
         return self.committed.record(self.traffic, self.seconds)
 
 
+TaskOutcome = TrainResult | protocol.ClientFailed | protocol.ClientRefused
+"""A client's answer to a task: its trained update, its report that training failed, or the
+transport's refusal of what came back (e.g. ``timeout`` for no reply in time)."""
+
+
+class Fleet(Protocol):
+    """The clients a run drives: who they are, and how a round's tasks reach them."""
+
+    def members(self) -> Mapping[str, Mapping[str, Any]]:
+        """Every client's id and capabilities (what its hello would say)."""
+        ...
+
+    def train(self, round_number: int, tasks: Mapping[str, Mapping[str, Any]],
+              state: Mapping[str, torch.Tensor]) -> Iterable[tuple[str, TaskOutcome]]:
+        """Each client's outcome of its task (client id to task settings), all trained from
+        the global ``state``, in the order of ``tasks``; an iterator may train lazily."""
+        ...
+
+
+@dataclass(frozen=True)
+class InProcess:
+    """Trainers in this process, trained one after another as the outcomes are read, so at
+    most one trained state is held at a time; a trainer that raises stops the run."""
+
+    trainers: Mapping[str, Trainer]
+
+    def members(self) -> Mapping[str, Mapping[str, Any]]:
+        return {cid: self.trainers[cid].capabilities() for cid in sorted(self.trainers)}
+
+    def train(self, round_number: int, tasks: Mapping[str, Mapping[str, Any]],
+              state: Mapping[str, torch.Tensor]) -> Iterator[tuple[str, TaskOutcome]]:
+        for cid, settings in tasks.items():
+            yield cid, self.trainers[cid].train_round(round_number, dict(state), dict(settings))
+
+
+def _round_tasks(first: protocol.Send, pending: deque[protocol.Action]
+                 ) -> dict[str, wire.Task]:
+    """``first``'s task and every task queued right behind it for the same round."""
+    assert isinstance(first.message, wire.Task)
+    tasks = {first.client_id: first.message}
+    while pending:
+        following = pending[0]
+        if not (isinstance(following, protocol.Send) and isinstance(following.message, wire.Task)
+                and following.message.round == first.message.round):
+            break
+        pending.popleft()
+        tasks[following.client_id] = following.message
+    return tasks
+
+
 def drive(strategy: FedAvg, initial_state: Mapping[str, torch.Tensor],
-          rules: protocol.RoundRules, rounds: int, clients: Mapping[str, Trainer],
+          rules: protocol.RoundRules, rounds: int, clients: Fleet | Mapping[str, Trainer],
           evaluate: Evaluate, on_round: Callable[[DrivenRound], None] = lambda _: None,
           ) -> dict[str, torch.Tensor]:
     """Run ``rounds`` rounds of ``strategy`` from ``initial_state`` under ``rules`` with
-    ``clients`` (client id to trainer): all of them join, every task is trained at once, every
-    closed round is evaluated (and, with ``max_accuracy_drop``, the initial state first, as
-    round 0); ``on_round`` sees each recorded round. Returns the final global state; raises
+    ``clients`` (a :class:`Fleet`, or client ids to trainers run in this process): all of them
+    join, the tasks the machine sends together go to the fleet together, every closed round is
+    evaluated (and, with ``max_accuracy_drop``, the initial state first, as round 0);
+    ``on_round`` sees each recorded round. Returns the final global state; raises
     :class:`RunAborted` if the machine aborts the run."""
+    fleet = InProcess(clients) if isinstance(clients, Mapping) else clients
+    members = fleet.members()
     reference = evaluate(0, initial_state) if rules.guards_accuracy else None
     machine = protocol.RoundMachine(strategy, initial_state,
-                                    dataclasses.replace(rules, min_clients=len(clients)),
+                                    dataclasses.replace(rules, min_clients=len(members)),
                                     rounds, reference_metrics=reference)
     pending: deque[protocol.Action] = deque()
-    for cid in sorted(clients):
-        pending.extend(machine.handle(protocol.ClientJoined(cid, clients[cid].capabilities())))
+    for cid in sorted(members):
+        pending.extend(machine.handle(protocol.ClientJoined(cid, members[cid])))
     traffic: dict[str, Traffic] = {}
     started: float | None = None
     received: tuple[bytes, dict[str, torch.Tensor]] | None = None
     while pending:
         action = pending.popleft()
         match action:
-            case protocol.Send(cid, wire.Task() as task):
+            case protocol.Send(_, wire.Task() as first):
                 started = time.perf_counter() if started is None else started
-                if received is None or received[0] is not task.tensors:
-                    received = task.tensors, decode_tensors(task.tensors)
-                reply = clients[cid].train_round(task.round, dict(received[1]),
-                                                 dict(task.settings))
-                payload = encode_tensors(reply.state, task.update_encoding)
-                message = wire.Update(task.round, cid, payload, reply.num_examples,
-                                      dict(reply.metrics))
-                del reply
-                traffic[cid] = traffic.get(cid, Traffic()) + Traffic(
-                    payload_uplink_bytes=len(payload), payload_downlink_bytes=len(task.tensors))
-                pending.extend(machine.handle(protocol.UpdateReceived(message)))
+                if received is None or received[0] is not first.tensors:
+                    received = first.tensors, decode_tensors(first.tensors)
+                tasks = _round_tasks(action, pending)
+                settings = {cid: task.settings for cid, task in tasks.items()}
+                for cid, outcome in fleet.train(first.round, settings, received[1]):
+                    task = tasks[cid]
+                    if isinstance(outcome, (protocol.ClientFailed, protocol.ClientRefused)):
+                        pending.extend(machine.handle(outcome))
+                        continue
+                    payload = encode_tensors(outcome.state, task.update_encoding)
+                    message = wire.Update(task.round, cid, payload, outcome.num_examples,
+                                          dict(outcome.metrics))
+                    del outcome
+                    traffic[cid] = traffic.get(cid, Traffic()) + Traffic(
+                        payload_uplink_bytes=len(payload),
+                        payload_downlink_bytes=len(task.tensors))
+                    pending.extend(machine.handle(protocol.UpdateReceived(message)))
             case protocol.RoundClosed(round=number, global_state=state):
                 metrics = evaluate(number, state)
                 pending.extend(machine.handle(protocol.RoundEvaluated(number, metrics)))

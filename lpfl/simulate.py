@@ -42,7 +42,7 @@ from lpfl.model.loading import BaseModel, load_base_model
 from lpfl.model.prompt import PromptModel
 from lpfl.protocol import ClipMode, RoundRules
 from lpfl.records import RoundRecord
-from lpfl.rounds import DrivenRound, drive
+from lpfl.rounds import DrivenRound, Fleet, drive
 from lpfl.runtime import EagerScorer, score_members
 from lpfl.softlabels import teacher_log_probs
 from lpfl.strategy import FedAvg
@@ -160,7 +160,7 @@ def _clients(config: RunConfig, pm: PromptModel, data: FederatedData,
 
 def federate(config: RunConfig, method: str, seed: int, data: FederatedData,
              progress: Progress = print_progress, rules: RoundRules = FP32_RULES,
-             ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+             fleet: Fleet | None = None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """LP-FL, FP-FL or centralized training for one seed: its record and final global state.
 
     Each round runs through the server's round machine under ``rules``
@@ -170,12 +170,17 @@ def federate(config: RunConfig, method: str, seed: int, data: FederatedData,
     Centralized training has no wire and no clipping (:data:`CENTRAL_RULES`). A round record
     says which clients' updates were ``clipped`` and why the guard ``refused`` the new state
     (empty when it was committed); with ``max_accuracy_drop`` set, every round is evaluated.
+    The clients train in this process unless a ``fleet`` of a federated method is given
+    (e.g. the Flower app's nodes, which hold the same data partitions).
     """
     row = lookup(method)
     if row.centralized:
         rules = CENTRAL_RULES
+        if fleet is not None:
+            raise ValueError(f"{method} trains in one process: it takes no fleet")
     pm = fresh_prompt_model(config, method_mode(method), seed)
-    clients = {c.client_id: c for c in _clients(config, pm, data, row.centralized)}
+    clients: Fleet | dict[str, LocalClient] = fleet or {
+        c.client_id: c for c in _clients(config, pm, data, row.centralized)}
     evaluate = Evaluator(data, config.run.eval_batch_size)
     patterns = config.soft_labels.teacher_patterns if row.soft else ()
     total = config.federation.rounds

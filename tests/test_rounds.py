@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 import torch
 
-from lpfl import cli
+from lpfl import cli, wire
 from lpfl.client_round import LocalClient
 from lpfl.config import RunConfig
 from lpfl.data import FederatedData
 from lpfl.model.adapters import load_trainable_state, trainable_state
-from lpfl.protocol import ClipMode, RoundRules
-from lpfl.rounds import DrivenRound, RunAborted, drive
+from lpfl.protocol import ClientRefused, ClipMode, RoundRules
+from lpfl.records import ClientStatus
+from lpfl.rounds import DrivenRound, RunAborted, TaskOutcome, drive
 from lpfl.simulate import (
     Evaluator,
     federate,
@@ -71,6 +72,40 @@ def test_a_run_whose_updates_are_all_refused_aborts() -> None:
     with pytest.raises(RunAborted, match="fewer than min_updates"):
         drive(ff.strategy(3), ff.initial_state(), RoundRules(max_attempts=2), 2, trainers,
               ff.evaluate)
+
+
+@dataclass
+class RecordingFleet:
+    """In-process trainers behind a transport that loses ``lost``'s replies: a Fleet that
+    records the batches of tasks it is given."""
+
+    lost: str
+    batches: list[list[str]] = dataclasses.field(default_factory=list)
+
+    def members(self) -> Mapping[str, Mapping[str, Any]]:
+        return {cid: ff.FakeTrainer(cid).capabilities() for cid in IDS}
+
+    def train(self, round_number: int, tasks: Mapping[str, Mapping[str, Any]],
+              state: Mapping[str, torch.Tensor]) -> list[tuple[str, TaskOutcome]]:
+        self.batches.append(list(tasks))
+        return [(cid, ClientRefused(cid, wire.E_TIMEOUT, "no reply") if cid == self.lost
+                 else ff.FakeTrainer(cid).train_round(round_number, dict(state), dict(settings)))
+                for cid, settings in tasks.items()]
+
+
+def test_a_fleet_gets_each_rounds_tasks_together_and_its_errors_are_failed_replies() -> None:
+    fleet = RecordingFleet(lost="c-2")
+    seen: list[DrivenRound] = []
+    final = drive(ff.strategy(3), ff.initial_state(), RoundRules(min_updates=2), 2, fleet,
+                  ff.evaluate, seen.append)
+    assert fleet.batches == [IDS, IDS]  # one batch per round, in task order
+    for driven in seen:
+        lost = driven.committed.outcomes["c-2"]
+        assert (lost.status, lost.code) == (ClientStatus.REJECTED, wire.E_TIMEOUT)
+        assert set(driven.traffic) == {"c-1", "c-3"}
+    everyone = drive(ff.strategy(3), ff.initial_state(), RoundRules(min_updates=2), 2,
+                     RecordingFleet(lost=""), ff.evaluate)
+    assert any(not torch.equal(final[k], v) for k, v in everyone.items())  # c-2 left out
 
 
 # The accuracy guard on the toy task: one client trains on flipped labels and claims a huge

@@ -1,0 +1,110 @@
+"""The lpfl Flower App, run by real Flower processes: a SuperLink with the simulation engine, or
+a SuperLink and SuperNodes on loopback, driven by ``flwr run``."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lpfl.errors import ConfigError
+from lpfl.flower.launch import FlowerLaunch, LaunchError, Mode, launch_flower
+from lpfl.simulate import federate, federated_data
+from lpfl.transport import load_server_config
+
+RUN_FILE = """
+[model]
+source = "tiny-llama"
+max_length = 48
+
+[soft_labels]
+threshold = 0.0
+growth = 4
+start_round = 2
+
+[data]
+dataset = "{dataset}"
+test_size = 100
+validation_size = 0
+shots_per_class = 8
+unlabeled_per_client = 16
+num_clients = 2
+
+[federation]
+rounds = 2
+clients_per_round = 2
+local_steps = 2
+batch_size = 4
+
+[run]
+eval_batch_size = 64
+"""
+
+
+def run_file(folder: Path, dataset: str = "mr") -> Path:
+    path = folder / "run.toml"
+    path.write_text(RUN_FILE.format(dataset=dataset), encoding="utf-8")
+    return path
+
+
+def test_a_flower_simulation_ends_with_the_adapter_lpfl_simulate_computes(tmp_path: Path) -> None:
+    path = run_file(tmp_path)
+    out = launch_flower(FlowerLaunch(path, Mode.SIMULATION, 2, tmp_path / "flower",
+                                     timeout_s=300, node_timeout_s=120))
+    flower_state = load_file(str(out / "lp-fl-seed0.safetensors"))
+    config, server = load_server_config(path)
+    record, state = federate(config, "lp-fl", 0, federated_data(config, 0), lambda _: None,
+                             server.round)
+    assert flower_state.keys() == state.keys()
+    for name, tensor in state.items():
+        torch.testing.assert_close(flower_state[name], tensor, atol=1e-6, rtol=0)
+    (run,) = json.loads((out / "results.json").read_text())["runs"]
+    assert run["transport"] == "flower"
+    assert [r["clients"] for r in run["rounds"]] == [["client-0", "client-1"]] * 2
+    assert run["rounds"][1]["soft_labels_added"] == record["rounds"][1]["soft_labels_added"] > 0
+    assert run["final_accuracy"] == record["final_accuracy"]
+    assert (out / "report.md").is_file()
+
+
+def _port_closed(log: Path) -> bool:
+    """Whether the SuperLink whose log this is no longer listens."""
+    text = log.read_text(errors="replace")
+    port = int(text.split("Starting the SuperLink Fleet HTTP API on 127.0.0.1:")[1].split(".")[0])
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_a_deployment_of_supernodes_trains_two_rounds_and_stops_its_processes(
+        tmp_path: Path) -> None:
+    out = launch_flower(FlowerLaunch(run_file(tmp_path), Mode.DEPLOYMENT, 2, tmp_path / "deploy",
+                                     timeout_s=300, node_timeout_s=120))
+    (run,) = json.loads((out / "results.json").read_text())["runs"]
+    assert [r["round"] for r in run["rounds"]] == [1, 2]
+    assert all(r["clients"] == ["client-0", "client-1"] for r in run["rounds"])
+    assert all(r["uplink_bytes"] > 0 for r in run["rounds"])
+    logs = out / "logs"
+    assert {p.name for p in logs.iterdir()} >= {"superlink.log", "supernode-0.log",
+                                                 "supernode-1.log", "flwr-run.log"}
+    assert _port_closed(logs / "superlink.log")
+
+
+def test_a_failed_server_app_is_reported_with_its_cause(tmp_path: Path) -> None:
+    path = run_file(tmp_path, dataset=str(tmp_path / "missing.csv"))
+    with pytest.raises(LaunchError, match=r"missing\.csv"):
+        launch_flower(FlowerLaunch(path, Mode.SIMULATION, 2, tmp_path / "failed",
+                                   timeout_s=300, node_timeout_s=60))
+
+
+def test_launches_that_cannot_work_are_refused_before_starting_anything(tmp_path: Path) -> None:
+    path = run_file(tmp_path)
+    with pytest.raises(ConfigError, match=r"data\.num_clients = 2"):
+        FlowerLaunch(path, Mode.DEPLOYMENT, 3, tmp_path / "x")
+    with pytest.raises(ConfigError, match="federated method"):
+        FlowerLaunch(path, Mode.SIMULATION, 2, tmp_path / "x", method="centralized")
+    with pytest.raises(ConfigError, match="no such run file"):
+        FlowerLaunch(tmp_path / "nope.toml", Mode.SIMULATION, 2, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
