@@ -159,7 +159,7 @@ class Backend:
     """A case opened in this process: its scorer and, if it has one, its trainer."""
 
     def __init__(self, case: Case, root: Path, eager: EagerFactory) -> None:
-        from lpfl.edge_client.backends import program_runtime
+        from lpfl.backends import program_runtime
         from lpfl.model.loading import model_id_of
         from lpfl.runtime import ClientRuntime
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import re
 
+from lpfl.backends import check_backend, program_runtime
 from lpfl.client_round import LocalClient
-from lpfl.edge_client.backends import check_backend, program_runtime
 from lpfl.errors import ConfigError, LpflError
 from lpfl.model.loading import model_id_of
 from lpfl.model.prompt import PromptModel

@@ -5,7 +5,7 @@ in :func:`lora_names` order, then one fixed-shape batch (``input_ids``, ``attent
 ``position_ids``, ``targets`` ``[B, C]``, ``weights`` ``[B]``), and whose outputs are the weighted
 mean cross-entropy against the targets (the loss :func:`lpfl.training.train_steps` minimises), the
 class logits and the gradients of the LoRA tensors. The trainer
-(:mod:`lpfl.edge_client.program_trainer`) keeps the adapter, feeds it in at every step and
+(:mod:`lpfl.program_trainer`) keeps the adapter, feeds it in at every step and
 applies the optimizer to the returned gradients.
 
 Why not ExecuTorch's training flow (``_export_forward_backward`` + ``TrainingModule``): XNNPACK

@@ -29,6 +29,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="the most the whole run may take")
     parser.add_argument("--node-timeout-s", type=float, default=600.0,
                         help="how long to wait for the nodes and for each round's replies")
+    parser.add_argument("--backend", default="eager",
+                        choices=("eager", "executorch", "onnxruntime"),
+                        help="where the SuperNodes' rounds run (deployment only)")
+    parser.add_argument("--artefact", type=Path,
+                        help="the folder `lpfl export` made, for a program backend")
+    parser.add_argument("--eager-training", action="store_true",
+                        help="score with the program but train eagerly")
     parser.set_defaults(func=run)
     return parser
 
@@ -36,6 +43,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     out = launch_flower(FlowerLaunch(args.config, Mode(args.mode), args.clients, args.out,
                                      args.method, args.seed, args.timeout_s,
-                                     args.node_timeout_s))
+                                     args.node_timeout_s, args.backend, args.artefact,
+                                     args.eager_training))
     print(f"wrote {out / 'results.json'} and {out / 'report.md'}")
     return 0

@@ -3,7 +3,10 @@
 A node's ``partition-id`` (Flower's node config; the simulation engine sets it, a SuperNode gets
 it with ``--node-config "partition-id=0 num-partitions=4"``) names the lpfl client
 ``client-<id>``, whose labeled and unlabeled texts are the ones ``lpfl simulate`` gives it. The
-prompt model and the data are built once per process and shared by every virtual client it runs.
+node config may also choose where the round runs, as ``lpfl client`` does: ``backend`` (eager,
+executorch or onnxruntime), ``artefact`` (the folder ``lpfl export`` made) and
+``eager-training``. The runtime and the data are built once per process and shared by every
+virtual client it runs.
 """
 
 from __future__ import annotations
@@ -14,29 +17,44 @@ from pathlib import Path
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 
+from lpfl.backends import check_backend, program_runtime
 from lpfl.client_round import LocalClient
 from lpfl.data import FederatedData
 from lpfl.errors import ConfigError
 from lpfl.flower.messages import hello_content, read_task, update_content
 from lpfl.flower.run_config import FlowerRun
+from lpfl.model.loading import model_id_of
 from lpfl.model.prompt import PromptModel
+from lpfl.runtime import ClientRuntime
 from lpfl.simulate import federated_data, fresh_prompt_model, method_mode
 
 app = ClientApp()
 
 
 @functools.cache
-def _shared(config: Path, method: str, seed: int) -> tuple[PromptModel, FederatedData, int]:
+def _shared(config: Path, method: str, seed: int, backend: str, artefact: str,
+            eager_training: bool) -> tuple[PromptModel | ClientRuntime, FederatedData, int]:
     run, _ = FlowerRun(config=config, method=method, seed=seed).load()
-    return (fresh_prompt_model(run, method_mode(method), seed), federated_data(run, seed),
-            run.run.eval_batch_size)
+    folder = Path(artefact) if artefact else None
+    check_backend(backend, folder)
+
+    def eager_model() -> PromptModel:
+        return fresh_prompt_model(run, method_mode(method), seed)
+
+    model: PromptModel | ClientRuntime = eager_model() if backend == "eager" else program_runtime(
+        backend, folder or Path(), model_id_of(run.model), eager_model, eager_training,
+        prompt=run.prompt, max_seq_len=run.model.max_length)
+    return model, federated_data(run, seed), run.run.eval_batch_size
 
 
 def local_client(context: Context) -> LocalClient:
-    """This node's lpfl client, from the run config and its ``partition-id``."""
+    """This node's lpfl client, from the run config and its node config."""
     flower_run = FlowerRun.from_run_config(context.run_config)
-    pm, data, eval_batch = _shared(flower_run.config.resolve(), flower_run.method,
-                                   flower_run.seed)
+    node = context.node_config
+    model, data, eval_batch = _shared(
+        flower_run.config.resolve(), flower_run.method, flower_run.seed,
+        str(node.get("backend", "eager")), str(node.get("artefact", "")),
+        str(node.get("eager-training", "false")).lower() == "true")
     if "partition-id" not in context.node_config:
         raise ConfigError("this node has no partition-id in its node config: start it with "
                           "--node-config \"partition-id=0 num-partitions=N\"")
@@ -46,8 +64,8 @@ def local_client(context: Context) -> LocalClient:
     if not 0 <= index < count or int(str(declared)) != count:
         raise ConfigError(f"node partition-id={index} num-partitions={declared}: the run file "
                           f"splits the data over {count} clients (data.num_clients)")
-    return LocalClient(f"client-{index}", index, pm, data.labeled[index], data.unlabeled[index],
-                       eval_batch)
+    return LocalClient(f"client-{index}", index, model, data.labeled[index],
+                       data.unlabeled[index], eval_batch)
 
 
 @app.query()

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from lpfl.backends import check_backend
 from lpfl.errors import ConfigError, LpflError
 from lpfl.flower.run_config import FlowerRun, final_state_path
 
@@ -61,8 +62,17 @@ class FlowerLaunch:
     """How long the whole run may take."""
     node_timeout_s: float = 600.0
     """How long the ServerApp waits for the nodes to appear and for each round's replies."""
+    backend: str = "eager"
+    """Where the SuperNodes' client rounds run (as ``lpfl client --backend``)."""
+    artefact: Path | None = None
+    """The exported artefact a program backend runs (as ``lpfl client --artefact``)."""
+    eager_training: bool = False
 
     def __post_init__(self) -> None:
+        if self.backend != "eager" and self.mode is not Mode.DEPLOYMENT:
+            raise ConfigError(f"--backend {self.backend}: program backends run on SuperNodes; "
+                              "use the deployment mode (the simulation engine runs eagerly)")
+        check_backend(self.backend, self.artefact)
         config, _ = self.flower_run().load()  # the run file and method are checked up front
         if self.clients != config.data.num_clients:
             raise ConfigError(f"--clients {self.clients}: {self.run_file} splits its data over "
@@ -168,12 +178,22 @@ def flower_processes(launch: FlowerLaunch) -> Iterator[tuple[Processes, int]]:
             for index in range(launch.clients):
                 processes.start(f"supernode-{index}", [
                     _tool("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
-                    "--isolation", "subprocess",
-                    "--node-config", f"partition-id={index} num-partitions={launch.clients}",
+                    "--isolation", "subprocess", "--node-config", node_config(launch, index),
                     "--host", "127.0.0.1", "--port", str(free_port())])
         yield processes, port
     finally:
         processes.stop_all()
+
+
+def node_config(launch: FlowerLaunch, index: int) -> str:
+    """SuperNode ``index``'s ``--node-config``: its partition and where its rounds run."""
+    values: dict[str, str | int] = {"partition-id": index, "num-partitions": launch.clients,
+                                    "backend": launch.backend}
+    if launch.artefact is not None:
+        values["artefact"] = str(launch.artefact.resolve())
+    if launch.eager_training:
+        values["eager-training"] = "true"
+    return " ".join(f"{key}={json.dumps(value)}" for key, value in values.items())
 
 
 def run_config_args(run: FlowerRun) -> list[str]:

@@ -113,7 +113,7 @@ def main(grid: Grid, context: Context) -> None:
     data = federated_data(config, flower_run.seed)
     run, state = federate(config, flower_run.method, flower_run.seed, data, rules=rules,
                           fleet=fleet)
-    run["transport"] = "flower"
+    run.update(transport="flower", capabilities=fleet.capabilities)
     flower_run.out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(final_state_path(flower_run)))
     results = ResultsFile(flower_run.out / "results.json", config.to_dict())

@@ -2,7 +2,7 @@
 
 The client round (:mod:`lpfl.client_round`) needs only a :class:`Scorer` and a
 :class:`LocalTrainer`. :meth:`ClientRuntime.eager` runs both in PyTorch on a prompt model; an
-edge client builds them from exported programs instead (``lpfl.edge_client.backends``).
+edge client builds them from exported programs instead (``lpfl.backends``).
 """
 
 from __future__ import annotations

@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import torch
 
+from lpfl.backends import check_backend, program_runtime
 from lpfl.client_round import LocalClient
 from lpfl.config import RunConfig
 from lpfl.data import load_corpus
-from lpfl.edge_client.backends import check_backend, program_runtime
 from lpfl.edge_client.lpfl_trainer import lpfl_trainer
 from lpfl.errors import ArtefactError, ConfigError
 from lpfl.export.config import ExportConfig

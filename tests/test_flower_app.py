@@ -15,6 +15,7 @@ from lpfl.errors import ConfigError
 from lpfl.flower.launch import FlowerLaunch, LaunchError, Mode, launch_flower
 from lpfl.simulate import federate, federated_data
 from lpfl.transport import load_server_config
+from tests.export_artefacts import exported
 
 RUN_FILE = """
 [model]
@@ -78,14 +79,29 @@ def _port_closed(log: Path) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) != 0
 
 
-def test_a_deployment_of_supernodes_trains_two_rounds_and_stops_its_processes(
+def test_supernodes_on_executorch_programs_train_lpfl_simulates_rounds_and_stop(
         tmp_path: Path) -> None:
-    out = launch_flower(FlowerLaunch(run_file(tmp_path), Mode.DEPLOYMENT, 2, tmp_path / "deploy",
-                                     timeout_s=300, node_timeout_s=120))
+    """A deployment: a SuperLink and two SuperNode processes whose rounds run on the exported
+    ExecuTorch score and training programs; the adapter is the eager simulation's."""
+    torch.set_num_threads(1)
+    artefact, _, _ = exported("executorch-xnnpack")
+    path = run_file(tmp_path)
+    out = launch_flower(FlowerLaunch(path, Mode.DEPLOYMENT, 2, tmp_path / "deploy",
+                                     timeout_s=300, node_timeout_s=120, backend="executorch",
+                                     artefact=artefact))
     (run,) = json.loads((out / "results.json").read_text())["runs"]
     assert [r["round"] for r in run["rounds"]] == [1, 2]
     assert all(r["clients"] == ["client-0", "client-1"] for r in run["rounds"])
     assert all(r["uplink_bytes"] > 0 for r in run["rounds"])
+    config, server = load_server_config(path)
+    record, state = federate(config, "lp-fl", 0, federated_data(config, 0), lambda _: None,
+                             server.round)
+    flower_state = load_file(str(out / "lp-fl-seed0.safetensors"))
+    for name, tensor in state.items():
+        torch.testing.assert_close(flower_state[name], tensor, atol=1e-3, rtol=1e-2)
+    assert run["rounds"][1]["soft_labels_added"] == record["rounds"][1]["soft_labels_added"]
+    for caps in run["capabilities"].values():
+        assert (caps["backend"], caps["training"]) == ("executorch", "executorch")
     logs = out / "logs"
     assert {p.name for p in logs.iterdir()} >= {"superlink.log", "supernode-0.log",
                                                  "supernode-1.log", "flwr-run.log"}
@@ -107,4 +123,9 @@ def test_launches_that_cannot_work_are_refused_before_starting_anything(tmp_path
         FlowerLaunch(path, Mode.SIMULATION, 2, tmp_path / "x", method="centralized")
     with pytest.raises(ConfigError, match="no such run file"):
         FlowerLaunch(tmp_path / "nope.toml", Mode.SIMULATION, 2, tmp_path / "x")
+    with pytest.raises(ConfigError, match="deployment"):
+        FlowerLaunch(path, Mode.SIMULATION, 2, tmp_path / "x", backend="executorch",
+                     artefact=tmp_path)
+    with pytest.raises(ConfigError, match="--artefact"):
+        FlowerLaunch(path, Mode.DEPLOYMENT, 2, tmp_path / "x", backend="onnxruntime")
     assert not (tmp_path / "x").exists()

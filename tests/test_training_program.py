@@ -14,7 +14,6 @@ import torch
 
 from lpfl.config import LoraSettings, ModelSettings, PromptSettings
 from lpfl.data import load_corpus
-from lpfl.edge_client.program_trainer import ProgramTrainer, pad_inputs, program_train_steps
 from lpfl.errors import ArtefactError, ModelError
 from lpfl.export.training_program import (
     GROUP_SIZE,
@@ -35,6 +34,7 @@ from lpfl.export.training_program import (
 from lpfl.model.adapters import load_trainable_state, set_mode, trainable_state
 from lpfl.model.loading import load_base_model
 from lpfl.model.prompt import PromptModel
+from lpfl.program_trainer import ProgramTrainer, pad_inputs, program_train_steps
 from lpfl.training import (
     TrainExample,
     batch_plan,

@@ -28,7 +28,7 @@ from lpfl.runtime import ClientRuntime, EagerTrainer, LocalTrainer
 from lpfl.training import LmBatches, TrainExample
 
 if TYPE_CHECKING:
-    from lpfl.edge_client.program_trainer import Encode, ProgramTrainer
+    from lpfl.program_trainer import Encode, ProgramTrainer
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ BACKENDS = ("eager", "executorch", "onnxruntime")
 @dataclass
 class ExecuTorchTrainer:
     """Local training on the artefact's ExecuTorch training program: the same batches, loss and
-    AdamW as :class:`EagerTrainer` (see :mod:`lpfl.edge_client.program_trainer`)."""
+    AdamW as :class:`EagerTrainer` (see :mod:`lpfl.program_trainer`)."""
 
     program: ProgramTrainer
     encode: Encode
@@ -48,7 +48,7 @@ class ExecuTorchTrainer:
 
     def train(self, examples: Sequence[TrainExample], plan: Sequence[Sequence[int]], lr: float,
               weight_decay: float, lm: LmBatches | None = None) -> float:
-        from lpfl.edge_client.program_trainer import program_train_steps
+        from lpfl.program_trainer import program_train_steps
 
         if lm is not None:
             raise ConfigError("the ExecuTorch training program has no language-model loss: "
@@ -72,7 +72,7 @@ def _program_trainer(artefact: Path) -> ProgramTrainer | None:
     """The artefact's training program, if it has one this ExecuTorch can run; else None (and
     the log says why, so eager training is never a silent fallback)."""
     from lpfl.artefact import installed_version, load_manifest
-    from lpfl.edge_client.program_trainer import ProgramTrainer
+    from lpfl.program_trainer import ProgramTrainer
 
     manifest = load_manifest(artefact)
     entries = [p for p in manifest.programs if p.role == "train"]
