@@ -78,7 +78,7 @@ def hello(message: Message, context: Context) -> Message:
 @app.train()
 def train(message: Message, context: Context) -> Message:
     """One lpfl client round from the task's global state and settings."""
-    round_number, state, settings = read_task(message.content)
-    result = local_client(context).train_round(round_number, state, settings)
-    return Message(update_content(result.state, result.num_examples, result.metrics),
-                   reply_to=message)
+    task = read_task(message.content)
+    result = local_client(context).train_round(task.round, task.state, task.settings)
+    return Message(update_content(result.state, task.update_encoding, result.num_examples,
+                                  result.metrics), reply_to=message)

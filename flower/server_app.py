@@ -3,7 +3,8 @@
 It waits for the run's ``data.num_clients`` nodes, asks each who it is (a hello query: its lpfl
 client id and capabilities), then runs :func:`lpfl.simulate.federate` with a :class:`FlowerFleet`
 in place of in-process clients: each round's tasks go out as Flower train messages at once and
-the replies come back into the machine in task order. Sampling, validation, clipping,
+the replies come back into the machine in task order. States travel in the run's task and
+update encodings, as lpfl payloads (:mod:`lpfl.flower.messages`). Sampling, validation, clipping,
 aggregation, guards, evaluation and the results file are those of ``lpfl simulate``.
 """
 
@@ -23,11 +24,12 @@ from lpfl import wire
 from lpfl.errors import LpflError
 from lpfl.flower.messages import MessageError, read_hello, read_update, task_content
 from lpfl.flower.run_config import FlowerRun, final_state_path
-from lpfl.protocol import ClientFailed, ClientRefused
+from lpfl.protocol import ClientFailed, ClientRefused, RoundRules
 from lpfl.report import write_report
 from lpfl.results import ResultsFile
 from lpfl.rounds import TaskOutcome
 from lpfl.simulate import federate, federated_data
+from lpfl.tensors import PayloadError, encode_tensors
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +56,11 @@ def wait_for_nodes(grid: Grid, count: int, timeout_s: float) -> list[int]:
 class FlowerFleet:
     """The run's clients behind Flower nodes: :class:`lpfl.rounds.Fleet` over a Grid."""
 
-    def __init__(self, grid: Grid, expected: int, timeout_s: float) -> None:
+    def __init__(self, grid: Grid, expected: int, timeout_s: float,
+                 rules: RoundRules) -> None:
         self.grid = grid
         self.timeout_s = timeout_s
+        self.rules = rules
         nodes = wait_for_nodes(grid, expected, timeout_s)
         queries = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY)
                    for node in nodes]
@@ -83,7 +87,9 @@ class FlowerFleet:
               state: Mapping[str, torch.Tensor]) -> list[tuple[str, TaskOutcome]]:
         """Send every task of the round at once; each client's update, its failure, or a
         refusal of a reply that was malformed or did not come within the timeout."""
-        messages = [Message(task_content(round_number, state, settings),
+        payload = encode_tensors(state, self.rules.task_encoding)
+        messages = [Message(task_content(round_number, payload, settings,
+                                         self.rules.update_encoding),
                             dst_node_id=self.nodes[cid], message_type=MessageType.TRAIN)
                     for cid, settings in tasks.items()]
         replies = {r.metadata.src_node_id: r
@@ -99,7 +105,7 @@ class FlowerFleet:
             return ClientFailed(wire.Error.of(round_number, cid, wire.E_TRAINING_FAILED, reason))
         try:
             return read_update(reply.content)
-        except MessageError as error:
+        except (MessageError, PayloadError) as error:
             return ClientRefused(cid, wire.E_BAD_MESSAGE, str(error))
 
 
@@ -109,7 +115,7 @@ def main(grid: Grid, context: Context) -> None:
     flower_run = FlowerRun.from_run_config(context.run_config)
     config, rules = flower_run.load()
     torch.set_num_threads(config.run.threads)
-    fleet = FlowerFleet(grid, config.data.num_clients, flower_run.node_timeout_s)
+    fleet = FlowerFleet(grid, config.data.num_clients, flower_run.node_timeout_s, rules)
     data = federated_data(config, flower_run.seed)
     run, state = federate(config, flower_run.method, flower_run.seed, data, rules=rules,
                           fleet=fleet)

@@ -46,14 +46,15 @@ eval_batch_size = 64
 """
 
 
-def run_file(folder: Path, dataset: str = "mr") -> Path:
+def run_file(folder: Path, dataset: str = "mr", update_encoding: str = "fp32") -> Path:
     path = folder / "run.toml"
-    path.write_text(RUN_FILE.format(dataset=dataset), encoding="utf-8")
+    rules = f'\n[server.round]\nupdate_encoding = "{update_encoding}"\n'
+    path.write_text(RUN_FILE.format(dataset=dataset) + rules, encoding="utf-8")
     return path
 
 
 def test_a_flower_simulation_ends_with_the_adapter_lpfl_simulate_computes(tmp_path: Path) -> None:
-    path = run_file(tmp_path)
+    path = run_file(tmp_path, update_encoding="int8")  # updates travel int8, as on websockets
     out = launch_flower(FlowerLaunch(path, Mode.SIMULATION, 2, tmp_path / "flower",
                                      timeout_s=300, node_timeout_s=120))
     flower_state = load_file(str(out / "lp-fl-seed0.safetensors"))
@@ -64,7 +65,9 @@ def test_a_flower_simulation_ends_with_the_adapter_lpfl_simulate_computes(tmp_pa
     for name, tensor in state.items():
         torch.testing.assert_close(flower_state[name], tensor, atol=1e-6, rtol=0)
     (run,) = json.loads((out / "results.json").read_text())["runs"]
-    assert run["transport"] == "flower"
+    assert (run["transport"], run["update_encoding"]) == ("flower", "int8")
+    assert [r["uplink_bytes"] for r in run["rounds"]] == [
+        r["uplink_bytes"] for r in record["rounds"]]
     assert [r["clients"] for r in run["rounds"]] == [["client-0", "client-1"]] * 2
     assert run["rounds"][1]["soft_labels_added"] == record["rounds"][1]["soft_labels_added"] > 0
     assert run["final_accuracy"] == record["final_accuracy"]

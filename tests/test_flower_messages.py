@@ -10,6 +10,8 @@ from flwr.app import ConfigRecord, RecordDict
 
 from lpfl.errors import ConfigError
 from lpfl.flower.messages import (
+    ARRAYS,
+    PAYLOAD,
     MessageError,
     hello_content,
     read_hello,
@@ -19,26 +21,33 @@ from lpfl.flower.messages import (
     update_content,
 )
 from lpfl.flower.run_config import FlowerRun
+from lpfl.tensors import decode_tensors, encode_tensors
 
 STATE = {"layer.lora_A.weight": torch.randn(4, 8), "layer.lora_B.weight": torch.zeros(8, 4)}
 
 
-def test_a_task_carries_the_state_round_and_settings_unchanged() -> None:
+def test_a_task_carries_lpfls_payload_round_settings_and_update_encoding() -> None:
     settings = {"seed": 3, "lr": 1e-3, "soft_label_teacher_patterns": ["A: {text} B:"]}
-    round_number, state, back = read_task(task_content(4, STATE, settings))
-    assert round_number == 4 and back == settings
-    assert state.keys() == STATE.keys()
-    for name, tensor in STATE.items():
-        assert torch.equal(state[name], tensor)
+    payload = encode_tensors(STATE, "fp16")
+    content = task_content(4, payload, settings, "int8")
+    task = read_task(content)
+    assert (task.round, task.settings, task.update_encoding) == (4, settings, "int8")
+    assert task.state.keys() == STATE.keys()
+    for name, tensor in decode_tensors(payload).items():
+        assert torch.equal(task.state[name], tensor)
+    # the payload is carried byte for byte: Flower adds only its framing
+    assert content[ARRAYS][PAYLOAD].numpy().tobytes() == payload
 
 
-def test_an_update_carries_the_state_count_and_metrics() -> None:
+@pytest.mark.parametrize("encoding", ["fp32", "fp16", "int8"])
+def test_an_update_carries_the_encoded_state_count_and_metrics(encoding: str) -> None:
     metrics = {"train_loss": 0.25, "soft_labels_added": 12.0}
-    update = read_update(update_content(STATE, 17, metrics))
+    update = read_update(update_content(STATE, encoding, 17, metrics))
     assert update.num_examples == 17 and update.metrics == metrics
-    assert all(torch.equal(update.state[k], v) for k, v in STATE.items())
+    expected = decode_tensors(encode_tensors(STATE, encoding))
+    assert all(torch.equal(update.state[k], v) for k, v in expected.items())
     with pytest.raises(MessageError, match="num_examples"):
-        update_content(STATE, 1, {"num_examples": 3.0})
+        update_content(STATE, "fp32", 1, {"num_examples": 3.0})
 
 
 def test_a_hello_names_the_client_and_its_capabilities() -> None:
