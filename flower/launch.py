@@ -24,7 +24,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -151,10 +152,17 @@ class Processes:
         self.running.clear()
 
 
+Relay = Callable[[int], AbstractContextManager[int]]
+"""Given the SuperLink's port, a running relay to it (e.g. a shaped link, or a proxy that
+counts bytes) and the port SuperNodes should use instead."""
+
+
 @contextlib.contextmanager
-def flower_processes(launch: FlowerLaunch) -> Iterator[tuple[Processes, int]]:
-    """A running SuperLink (and SuperNodes for a deployment); yields the processes and the
-    SuperLink's port. Everything started is stopped on the way out."""
+def flower_processes(launch: FlowerLaunch,
+                     relay: Relay | None = None) -> Iterator[tuple[Processes, int]]:
+    """A running SuperLink (and SuperNodes for a deployment, through ``relay`` if given);
+    yields the processes and the SuperLink's port. Everything started is stopped on the way
+    out."""
     home = (launch.out / "flower-home").resolve()
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -165,6 +173,7 @@ def flower_processes(launch: FlowerLaunch) -> Iterator[tuple[Processes, int]]:
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = {**os.environ, "FLWR_HOME": str(home), "PATH": path}
     processes = Processes(launch.out / "logs", env)
+    stack = contextlib.ExitStack()
     try:
         # One HTTP port serves the SuperLink's Control, Fleet and runtime APIs.
         superlink = [_tool("flower-superlink"), "--insecure", "--isolation", "subprocess",
@@ -175,14 +184,17 @@ def flower_processes(launch: FlowerLaunch) -> Iterator[tuple[Processes, int]]:
         link = processes.start("superlink", superlink)
         _wait_for_port(port, link, "flower-superlink", processes.logs / "superlink.log")
         if launch.mode is Mode.DEPLOYMENT:
+            node_port = stack.enter_context(relay(port)) if relay is not None else port
             for index in range(launch.clients):
                 processes.start(f"supernode-{index}", [
-                    _tool("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
+                    _tool("flower-supernode"), "--insecure", "--superlink",
+                    f"127.0.0.1:{node_port}",
                     "--isolation", "subprocess", "--node-config", node_config(launch, index),
                     "--host", "127.0.0.1", "--port", str(free_port())])
         yield processes, port
     finally:
         processes.stop_all()
+        stack.close()
 
 
 def node_config(launch: FlowerLaunch, index: int) -> str:
@@ -211,11 +223,11 @@ def _failure_lines(log_file: Path, count: int = 6) -> str:
     return "\n".join(lines[-count:])
 
 
-def launch_flower(launch: FlowerLaunch) -> Path:
+def launch_flower(launch: FlowerLaunch, relay: Relay | None = None) -> Path:
     """Run ``launch`` to the end; the results folder. A LaunchError says what failed. The
     final state of an earlier run of the same method and seed in the folder is replaced."""
     final_state_path(launch.flower_run()).unlink(missing_ok=True)
-    with flower_processes(launch) as (processes, _):
+    with flower_processes(launch, relay) as (processes, _):
         flower_run = launch.flower_run()
         command = [_tool("flwr"), "run", str(app_folder()), CONNECTION, "--stream",
                    *run_config_args(flower_run)]
