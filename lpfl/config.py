@@ -185,6 +185,10 @@ class DataSettings:
     all four) or a path to a ``.csv``/``.jsonl`` file with ``text`` and ``label`` columns.
     ``shots_per_class`` is the labeled budget of the whole federation, spread over the clients by
     the partitioner; centralized training gets exactly the same examples.
+
+    ``label_names`` names the classes in order (class ``i`` is the class of
+    ``prompt.label_words[i]``), so data files may write ``positive`` instead of ``1``; integer
+    labels are read either way. Empty: labels are class indices only.
     """
 
     dataset: str = "mr"
@@ -197,6 +201,7 @@ class DataSettings:
     num_clients: int = 4
     partition: str = "iid"
     alpha: float = 0.5
+    label_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _require(self.test_size >= 1, f"data.test_size={self.test_size} must be >= 1")
@@ -210,6 +215,11 @@ class DataSettings:
         _require(self.partition in PARTITIONS,
                  f"data.partition={self.partition!r}: use one of {', '.join(PARTITIONS)}")
         _require(self.alpha > 0.0, f"data.alpha={self.alpha} must be > 0 (Dirichlet concentration)")
+        _require(all(name.strip() == name and name for name in self.label_names),
+                 f"data.label_names {list(self.label_names)}: every name must be non-empty "
+                 "without leading or trailing spaces")
+        _require(len(set(self.label_names)) == len(self.label_names),
+                 f"data.label_names must be distinct, got {list(self.label_names)}")
 
 
 @dataclass(frozen=True)
@@ -287,6 +297,10 @@ class RunConfig:
         _require(self.federation.clients_per_round <= self.data.num_clients,
                  f"federation.clients_per_round={self.federation.clients_per_round} exceeds "
                  f"data.num_clients={self.data.num_clients}: lower it or add clients")
+        names, words = self.data.label_names, self.prompt.label_words
+        _require(not names or len(names) == len(words),
+                 f"data.label_names has {len(names)} names but prompt.label_words has "
+                 f"{len(words)} words: give one name per label word, in the same order")
 
     def to_dict(self) -> dict[str, Any]:
         """A plain, JSON- and TOML-friendly dict of every setting."""

@@ -40,6 +40,9 @@ def test_toml_with_dashes_and_overrides(tmp_path: Path) -> None:
     ("run.eval_every=-1", "run.eval_every=-1 must be >= 0"),
     ("federation.clients_per_round=9", "exceeds data.num_clients=4"),
     ("rounds=3", "needs a section"),
+    ("data.label_names=['neg']", "data.label_names has 1 names but prompt.label_words has 2"),
+    ("data.label_names=['neg', 'neg']", "data.label_names must be distinct"),
+    ("data.label_names=['neg', ' pos']", "without leading or trailing spaces"),
 ])
 def test_bad_values_say_what_to_change(override: str, fragment: str) -> None:
     with pytest.raises(ConfigError, match=None) as info:

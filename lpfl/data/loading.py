@@ -19,7 +19,7 @@ def load_dataset(settings: DataSettings, num_classes: int) -> list[Example]:
     """
     name = settings.dataset
     if Path(name).suffix:
-        return load_user_file(name, num_classes)
+        return load_user_file(name, num_classes, settings.label_names)
     if num_classes != 2 and (name in CORPORA or name == ALL_DOMAINS):
         raise DataError(f"dataset {name!r} has 2 classes (negative, positive) but the prompt has "
                         f"{num_classes} label words; use two prompt.label_words")
