@@ -4,7 +4,8 @@ This is the demo and the quickest way to see a real federated run: it writes a t
 ``lpfl server`` and ``lpfl client`` as separate processes (they talk websockets over 127.0.0.1),
 prints each round as the server records it, and when the run is over writes ``report.md`` and
 ``report.png`` beside the server's ``results.json``: accuracy per round, bytes on the wire next to
-payload bytes, and what FP-FL clients would have sent for the same rounds.
+payload bytes, and what FP-FL clients would have sent for the same rounds. The server keeps the
+final adapter in ``adapter/`` there.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -65,12 +67,14 @@ def round_line(record: dict[str, Any], total: int) -> str:
 
 
 def prepare_run_dir(out: Path, client_ids: list[str]) -> tuple[dict[str, str], Path]:
-    """A fresh run folder: stale results and checkpoint removed, a private tokens file written.
+    """A fresh run folder: stale results, checkpoint and adapter removed, a private tokens file
+    written.
 
     Returns the tokens and the tokens file's path."""
     out.mkdir(parents=True, exist_ok=True)
     for stale in (out / "results.json", out / "checkpoint.safetensors"):
         stale.unlink(missing_ok=True)
+    shutil.rmtree(out / "adapter", ignore_errors=True)
     tokens = make_tokens(client_ids)
     tokens_file = out / "tokens.json"
     tokens_file.write_text(json.dumps(tokens), encoding="utf-8")

@@ -23,10 +23,12 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 def cmd_simulate(args: argparse.Namespace) -> int:
     import torch
 
+    from lpfl.adapter_folder import save_final_state
     from lpfl.config import load_config
+    from lpfl.methods import Trains, lookup
     from lpfl.report import write_report
     from lpfl.results import ResultsFile
-    from lpfl.simulate import FP32_RULES, federated_data, run_method
+    from lpfl.simulate import FP32_RULES, federate, federated_data, run_method
     from lpfl.transport import load_server_config
 
     # The run file's [server.round] rules (encodings, clipping, aggregation, guards) apply to the
@@ -44,6 +46,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         results_path.unlink(missing_ok=True)
     results = ResultsFile(results_path, config.to_dict())
     results.require_same_config()
+    kept: list[str] = []
     for seed in config.run.seeds:
         data = None
         for method in config.run.methods:
@@ -51,9 +54,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                 log.info("skipping %s seed %d: already in %s", method, seed, results_path)
                 continue
             data = data or federated_data(config, seed)
-            results.add(run_method(config, method, seed, data, rules=rules))
+            state: dict[str, torch.Tensor] = {}
+            if lookup(method).trains is Trains.NOTHING:
+                results.add(run_method(config, method, seed, data, rules=rules))
+            else:
+                run, state = federate(config, method, seed, data, rules=rules)
+                results.add(run)
+            kept.append(save_final_state(out / "adapters" / f"{method}-seed{seed}", config,
+                                         method, seed, state))
     report = write_report(out)
-    print(f"wrote {results_path} and {report}")
+    print("\n".join([*kept, f"wrote {results_path} and {report}"]))
     return 0
 
 
@@ -91,7 +101,10 @@ def cmd_launch(args: argparse.Namespace) -> int:
     from lpfl.harness.launch import launch
 
     report = launch(args.config, args.clients, args.out)
-    print(f"wrote {args.out / 'results.json'} and {report}")
+    adapter = args.out / "adapter"
+    kept = (f"final adapter in {adapter}" if adapter.is_dir()
+            else f"no adapter folder (the method trains no adapter; see {args.out / 'server.log'})")
+    print(f"wrote {args.out / 'results.json'} and {report}; {kept}")
     return 0
 
 

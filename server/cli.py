@@ -2,7 +2,9 @@
 
 ``lpfl server --config RUN.toml [--host H --port P] [--resume]`` serves ``federation.rounds``
 rounds with the settings of the file's ``[server]`` table (see :mod:`lpfl.transport`) and
-writes ``checkpoint.safetensors`` and ``results.json`` into ``server.run-dir``.
+writes ``checkpoint.safetensors`` and ``results.json`` into ``server.run-dir``, and when the run
+has finished, whatever the factory's ``finish`` keeps of the final state (the LP-FL factory: the
+adapter folder ``run-dir/adapter``).
 ``lpfl server --make-cert DIR`` writes a self-signed ``cert.pem``/``key.pem`` for local ``wss://``.
 
 The model-specific parts come from a :data:`ServerFactory` given to :func:`run`, so the command
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,12 +37,15 @@ from lpfl.transport import ServerSettings, load_server_config
 @dataclass(frozen=True)
 class ServerParts:
     """The model-specific pieces of a run, built from the run config by a factory. Without
-    ``results``, the rounds go to ``RUN_DIR/results.json`` (:class:`JsonResultsWriter`)."""
+    ``results``, the rounds go to ``RUN_DIR/results.json`` (:class:`JsonResultsWriter`).
+    ``finish(final_state, run_dir)``, if given, keeps the final global state of a finished run
+    and returns a line saying what it wrote."""
 
     strategy: FedAvg
     initial_state: Mapping[str, torch.Tensor]
     evaluate: Evaluate
     results: ResultsWriter | None = None
+    finish: Callable[[Mapping[str, torch.Tensor], Path], str] | None = None
 
 
 ServerFactory = Callable[[RunConfig], ServerParts]
@@ -97,6 +103,13 @@ def run(args: argparse.Namespace, factory: ServerFactory | None = None) -> int:
             resume=args.resume)
         return await server.run()
 
-    outcome = asyncio.run(serve())
+    try:
+        outcome = asyncio.run(serve())
+    except KeyboardInterrupt:
+        print(f"interrupted: the rounds so far are in {settings.run_dir}; --resume continues "
+              "after the last one", file=sys.stderr)
+        raise
     print(f"{outcome.reason}: {len(outcome.rounds)} rounds recorded in {settings.run_dir}")
+    if parts.finish is not None and outcome.completed:
+        print(parts.finish(outcome.global_state, Path(settings.run_dir)))
     return 0 if outcome.completed else 1

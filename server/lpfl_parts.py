@@ -3,17 +3,22 @@
 The server runs one federated method (the first of ``run.methods``: ``lp-fl``, ``lp-fl-no-soft``,
 ``fp-fl`` or ``fp-fl-no-soft``) with the first seed. It uses exactly the strategy, initial adapter
 and test evaluation of ``lpfl simulate``, so a websocket run and a simulation of the same config
-end with the same global state.
+end with the same global state. A finished LoRA run keeps its final adapter as a PEFT folder in
+``run-dir/adapter`` (:mod:`lpfl.adapter_folder`); an FP-FL run's final weights stay in
+``checkpoint.safetensors``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
+from lpfl.adapter_folder import save_final_state
 from lpfl.config import RunConfig
 from lpfl.errors import ConfigError
+from lpfl.methods import Trains, lookup
 from lpfl.model.adapters import load_trainable_state, trainable_state
 from lpfl.server.cli import ServerParts
 from lpfl.simulate import (
@@ -48,5 +53,11 @@ def lpfl_server_parts(config: RunConfig) -> ServerParts:
         load_trainable_state(pm, state)
         return {"accuracy": evaluator(pm)}
 
+    def finish(state: Mapping[str, torch.Tensor], run_dir: Path) -> str:
+        line = save_final_state(run_dir / "adapter", config, method, seed, state)
+        if lookup(method).trains is not Trains.LORA:
+            line += f"; its final weights are in {run_dir / 'checkpoint.safetensors'}"
+        return line
+
     return ServerParts(strategy=method_strategy(config, method, seed),
-                       initial_state=trainable_state(pm), evaluate=evaluate)
+                       initial_state=trainable_state(pm), evaluate=evaluate, finish=finish)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from lpfl.adapter_folder import read_adapter_state
 from lpfl.config import config_from_dict
 from lpfl.harness.launch import launch
 from lpfl.server.checkpoint import load_checkpoint
@@ -49,6 +50,10 @@ def test_processes_over_websockets_reach_the_simulated_global_adapter(tmp_path: 
     for name, tensor in simulated.items():
         torch.testing.assert_close(served.global_state[name], tensor, atol=1e-5, rtol=1e-4)
     assert record["rounds"][-1]["soft_labels_added"] > 0
+    kept = read_adapter_state(tmp_path / "out" / "adapter")  # the run's result, as PEFT keeps it
+    assert set(kept) == set(served.global_state)
+    for name, tensor in served.global_state.items():
+        torch.testing.assert_close(kept[name], tensor)
     text = report.read_text()
     assert "FP-FL would send" in text and "| 2 |" in text
     assert (tmp_path / "out" / "report.png").stat().st_size > 0
