@@ -3,7 +3,8 @@
 ``lpfl client --server ws://HOST:PORT --client-id ID --token T`` connects, trains each round it
 is sampled for, and exits 0 when the server says the run is finished. The token may also come
 from the ``LPFL_TOKEN`` environment variable (it then stays out of the process list). For a
-self-signed ``wss://`` server, pass its certificate with ``--cafile``.
+self-signed ``wss://`` server, pass its certificate with ``--cafile``. With ``--data FILE`` the
+client trains on the device's own texts; without it, on its share of the run's corpus.
 
 The trainer comes from a :data:`TrainerFactory` given to :func:`run`: ``lpfl.cli`` registers the
 LP-FL one, tests a fake one.
@@ -40,6 +41,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="this client's secret token (default: $LPFL_TOKEN)")
     parser.add_argument("--cafile", default="", help="PEM certificate to trust for wss://")
     parser.add_argument("--config", type=Path, help="TOML run file for the trainer, if needed")
+    parser.add_argument("--data", type=Path,
+                        help="this device's own .csv/.jsonl file (text, label; an empty label is "
+                        "an unlabeled row); the texts never leave the device. Without it, the "
+                        "client takes its client-N share of the run's corpus (experiments)")
     parser.add_argument("--backend", default="eager", choices=("eager", "executorch",
                                                                 "onnxruntime"),
                         help="where soft-labelling runs (default eager); executorch and "
