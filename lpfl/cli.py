@@ -108,6 +108,55 @@ def cmd_launch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from lpfl.predict import predict_file
+
+    predictions = predict_file(args.adapter, args.input, args.output, args.backend,
+                               args.artefact, args.model, args.batch_size)
+    if args.output is not None:
+        print(f"wrote {len(predictions)} predictions to {args.output}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from lpfl.predict import evaluate_file
+
+    evaluation = evaluate_file(args.adapter, args.input, args.backend, args.artefact, args.model,
+                               args.batch_size)
+    print(evaluation.summary(args.input))
+    return 0
+
+
+def _add_adapter_commands(sub: Any) -> None:
+    """``lpfl predict`` and ``lpfl eval``: use the adapter folder a run wrote."""
+    predict = sub.add_parser(
+        "predict", help="predict a class for each text of a file with a kept adapter",
+        description="Score every row of a .csv/.jsonl file (a 'text' column; labels are not "
+        "needed) with an adapter folder a run wrote; write one prediction per row: line, text, "
+        "class name and each class's probability.")
+    evaluate = sub.add_parser(
+        "eval", help="accuracy of a kept adapter on a labeled file",
+        description="Accuracy of an adapter folder on a .csv/.jsonl file whose every row has a "
+        "label (a class index or class name), overall and per class.")
+    for parser in (predict, evaluate):
+        parser.add_argument("--adapter", type=Path, required=True,
+                            help="adapter folder a run wrote (OUT/adapter, "
+                            "OUT/adapters/METHOD-seedN)")
+        parser.add_argument("--input", type=Path, required=True, help=".csv or .jsonl file")
+        parser.add_argument("--backend", default="eager", choices=("eager", "executorch",
+                                                                    "onnxruntime"),
+                            help="eager PyTorch, or an exported program (needs --artefact)")
+        parser.add_argument("--artefact", type=Path,
+                            help="folder made by `lpfl export` for a program backend")
+        parser.add_argument("--model", help="base model source instead of the one the adapter "
+                            "records (e.g. after moving the model files)")
+        parser.add_argument("--batch-size", type=int, default=32, help="texts scored at once")
+    predict.add_argument("--output", type=Path,
+                         help="write .csv or .jsonl (by suffix); JSON lines on stdout if omitted")
+    predict.set_defaults(func=cmd_predict)
+    evaluate.set_defaults(func=cmd_eval)
+
+
 def _add_network_commands(sub: Any) -> None:
     """``lpfl server`` and ``lpfl client`` with the real LP-FL model behind them."""
     from lpfl.edge_client import cli as client_cli
@@ -148,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--fresh", action="store_true", help="discard earlier results in --out")
     sim.set_defaults(func=cmd_simulate)
     _add_network_commands(sub)
+    _add_adapter_commands(sub)
     from lpfl.export import cli as export_cli
 
     export_cli.add_parser(sub)
