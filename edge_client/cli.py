@@ -47,8 +47,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         "client takes its client-N share of the run's corpus (experiments)")
     parser.add_argument("--backend", default="eager", choices=("eager", "executorch",
                                                                 "onnxruntime"),
-                        help="where soft-labelling runs (default eager); executorch and "
-                        "onnxruntime need --artefact")
+                        help="where soft-labelling runs; executorch and onnxruntime need "
+                        "--artefact")
     parser.add_argument("--artefact", type=Path,
                         help="folder made by `lpfl export` for a program backend")
     parser.add_argument("--eager-training", action="store_true",
@@ -58,9 +58,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="device profile TOML (or the name of a shipped profile): its threads, "
                         "and a memory check before the first round")
     parser.add_argument("--give-up-after-s", type=float, default=600.0,
-                        help="stop after this long without reaching the server (default 600)")
+                        help="stop after this long without reaching the server")
     parser.add_argument("--backoff-max-s", type=float, default=30.0,
-                        help="longest wait between reconnection attempts (default 30)")
+                        help="longest wait between reconnection attempts")
     parser.set_defaults(func=run)
     return parser
 

@@ -21,17 +21,18 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         "export", help="export the prompt model's scorer for ExecuTorch or ONNX Runtime")
     parser.add_argument("--model", default="smollm2",
                         help="smollm2, a run config (.toml), a model folder, .gguf or tiny-llama")
-    parser.add_argument("--target", required=True, choices=TARGETS)
-    parser.add_argument("--quant", default="none", choices=QUANTS)
+    parser.add_argument("--target", required=True, choices=TARGETS, help="runtime and backend")
+    parser.add_argument("--quant", default="none", choices=QUANTS,
+                        help="weight quantization of the program")
     parser.add_argument("--max-seq-len", type=int, default=0,
-                        help="longest prompt in tokens (default: run config's model.max_length)")
+                        help="longest prompt in tokens (0: the run config's model.max_length)")
     parser.add_argument("--batch", type=int, default=8,
-                        help="batch of the ExecuTorch score program (static shapes; default 8)")
+                        help="batch of the ExecuTorch score program (static shapes)")
     parser.add_argument("--seq-buckets", default="",
                         help="comma-separated prompt lengths of the ExecuTorch score methods "
                              "(the max length is always one; e.g. 32,48)")
     parser.add_argument("--group-size", type=int, default=32,
-                        help="weight block of the quantized schemes (default 32)")
+                        help="weight block of the quantized schemes")
     parser.add_argument("--training", action="store_true",
                         help="also export the on-device LoRA training program (ExecuTorch)")
     parser.add_argument("--train-batch-size", type=int, default=8,

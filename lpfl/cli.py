@@ -1,21 +1,45 @@
-"""The ``lpfl`` command. Each subcommand parses arguments and calls one library function."""
+"""The ``lpfl`` command. Each subcommand parses arguments and calls one library function.
+
+Every subcommand takes ``-q`` (warnings only) and ``-v`` (debug, and third-party start-up
+messages); ``--help`` shows each option's default. An :class:`~lpfl.errors.LpflError` ends the
+command with its message and exit code 2, Ctrl-C with exit code 130 and whatever the command
+had written so far; neither prints a traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from lpfl import logs
 from lpfl.errors import LpflError
 
 log = logging.getLogger("lpfl")
 
+INTERRUPTED = 130
+"""The exit code after Ctrl-C (128 + SIGINT), as shells report it."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, unless it has none worth showing (None, off, empty) or its
+    help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text.lower() or default is None or default is False
+                or default == "" or default == []):
+            return text
+        return super()._get_help_string(action)
+
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="TOML run file (defaults if omitted)")
+    parser.add_argument("--config", type=Path, help="TOML run file (the defaults if omitted)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="SECTION.KEY=VALUE", help="override one config value (repeatable)")
 
@@ -47,21 +71,28 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     results = ResultsFile(results_path, config.to_dict())
     results.require_same_config()
     kept: list[str] = []
-    for seed in config.run.seeds:
-        data = None
-        for method in config.run.methods:
-            if results.has(method=method, seed=seed):
-                log.info("skipping %s seed %d: already in %s", method, seed, results_path)
-                continue
-            data = data or federated_data(config, seed)
-            state: dict[str, torch.Tensor] = {}
-            if lookup(method).trains is Trains.NOTHING:
-                results.add(run_method(config, method, seed, data, rules=rules))
-            else:
-                run, state = federate(config, method, seed, data, rules=rules)
-                results.add(run)
-            kept.append(save_final_state(out / "adapters" / f"{method}-seed{seed}", config,
-                                         method, seed, state))
+    try:
+        for seed in config.run.seeds:
+            data = None
+            for method in config.run.methods:
+                if results.has(method=method, seed=seed):
+                    log.info("skipping %s seed %d: already in %s", method, seed, results_path)
+                    continue
+                data = data or federated_data(config, seed)
+                state: dict[str, torch.Tensor] = {}
+                if lookup(method).trains is Trains.NOTHING:
+                    results.add(run_method(config, method, seed, data, rules=rules))
+                else:
+                    run, state = federate(config, method, seed, data, rules=rules)
+                    results.add(run)
+                kept.append(save_final_state(out / "adapters" / f"{method}-seed{seed}", config,
+                                             method, seed, state))
+    except KeyboardInterrupt:
+        if results.runs:
+            write_report(out)
+        print(f"interrupted: the finished runs are in {results_path}; the same command "
+              "continues with the rest", file=sys.stderr)
+        raise
     report = write_report(out)
     print("\n".join([*kept, f"wrote {results_path} and {report}"]))
     return 0
@@ -187,9 +218,41 @@ def _add_network_commands(sub: Any) -> None:
     flower_cli.add_parser(sub)
 
 
+def _add_verbosity(parser: argparse.ArgumentParser, top: bool) -> None:
+    """``-q``/``-v``; below the top level they default to nothing, so ``lpfl -v simulate`` and
+    ``lpfl simulate -v`` both count."""
+    default: Any = False if top else argparse.SUPPRESS
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", default=default,
+                       help="only warnings and errors")
+    group.add_argument("-v", "--verbose", action="store_true", default=default,
+                       help="debug logging, and other libraries' start-up messages")
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """Every subcommand's parser below ``parser``, at any depth."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield child
+                yield from _subparsers(child)
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("lpfl")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lpfl", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = argparse.ArgumentParser(
+        prog="lpfl", formatter_class=HelpFormatter,
+        description="Federated few-shot LoRA fine-tuning of a prompted language model on edge "
+        "devices. Every subcommand takes -q (warnings only) and -v (debug logging); Ctrl-C "
+        "stops with exit code 130, keeping what the command has written so far.")
+    parser.add_argument("--version", action="version", version=f"lpfl {version()}")
+    _add_verbosity(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
     sim = sub.add_parser("simulate", help="run every configured method in one process")
     _add_config_args(sim)
@@ -220,18 +283,23 @@ def build_parser() -> argparse.ArgumentParser:
                      help="only rewrite report.md (and --readme) from --out's results.json")
     acc.add_argument("--readme", help="also rewrite this file's accuracy-benchmark block")
     acc.set_defaults(func=cmd_bench_accuracy)
+    for child in _subparsers(parser):
+        child.formatter_class = HelpFormatter
+        _add_verbosity(child, top=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logs.configure(logs.VERBOSE if args.verbose else logs.QUIET if args.quiet else logs.NORMAL)
     try:
         return int(args.func(args))
     except LpflError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"lpfl {args.command}: interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

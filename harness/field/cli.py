@@ -34,11 +34,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--links", type=Path, default=LINKS_FILE,
                         help="TOML link profiles (default: the ones lpfl ships: lte, 3g, wifi)")
     parser.add_argument("--profiles", default="lte,3g,wifi",
-                        help="comma-separated profile names (default lte,3g,wifi)")
-    parser.add_argument("--clients", type=int, default=2, help="client processes (default 2)")
+                        help="comma-separated profile names")
+    parser.add_argument("--clients", type=int, default=2, help="client processes")
     parser.add_argument("--rounds", type=int, help="rounds per run (default federation.rounds)")
     parser.add_argument("--methods", default="lp-fl,fp-fl",
-                        help="comma-separated methods (default lp-fl,fp-fl)")
+                        help="comma-separated methods")
     parser.add_argument("--out", type=Path, help="output folder (required unless --cleanup)")
     parser.add_argument("--time-budget-s", type=float, default=math.inf,
                         help="wall-clock budget per FP-FL run: fewer rounds are measured and "
@@ -47,7 +47,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="accuracy for the time-to-target figures (default: the lowest of "
                         "the methods' best accuracies on each profile)")
     parser.add_argument("--verify-seconds", type=float, default=2.0,
-                        help="length of each shaping check transfer (default 2)")
+                        help="seconds of each shaping check transfer")
     parser.add_argument("--report-only", action="store_true",
                         help="only rewrite OUT/report.md and its plots from the field.json files "
                         "under --out (e.g. after an interrupted run); needs no root")
