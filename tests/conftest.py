@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,8 @@ def toy_csv(tmp_path: Path) -> Path:
     return write_toy_csv(tmp_path / "toy.csv")
 
 
-def tiny_config(dataset: str = "mr", **sections: dict[str, object]) -> RunConfig:
+def tiny_table(dataset: str = "mr", **sections: dict[str, object]) -> dict[str, dict[str, object]]:
+    """A small run on tiny-llama as a table of sections; ``sections`` add or replace keys."""
     table: dict[str, dict[str, object]] = {
         "model": {"source": "tiny-llama", "max_length": 48},
         "data": {"dataset": dataset, "test_size": 100, "validation_size": 0,
@@ -31,4 +33,18 @@ def tiny_config(dataset: str = "mr", **sections: dict[str, object]) -> RunConfig
     }
     for name, values in sections.items():
         table.setdefault(name, {}).update(values)
-    return config_from_dict(table)
+    return table
+
+
+def tiny_config(dataset: str = "mr", **sections: dict[str, object]) -> RunConfig:
+    return config_from_dict(tiny_table(dataset, **sections))
+
+
+def write_run_file(path: Path, dataset: str = "mr", **sections: dict[str, object]) -> Path:
+    """:func:`tiny_table` written as a TOML run file at ``path`` (values: strings, numbers,
+    booleans and lists of them, which JSON writes as TOML does)."""
+    lines = []
+    for name, values in tiny_table(dataset, **sections).items():
+        lines += [f"[{name}]", *(f"{key} = {json.dumps(value)}" for key, value in values.items())]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path

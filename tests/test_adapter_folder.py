@@ -30,40 +30,21 @@ from lpfl.model.adapters import load_trainable_state, trainable_state
 from lpfl.model.loading import BaseModel
 from lpfl.model.prompt import PromptModel
 from lpfl.simulate import federate, federated_data, fresh_prompt_model
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, write_run_file
 
-RUN = """
-[model]
-source = "tiny-llama"
-max_length = 48
-[prompt]
-pattern = "Review: {text}\\nIt was"
-label_words = [" bad", " good"]
-[data]
-test_size = 100
-validation_size = 0
-shots_per_class = 8
-unlabeled_per_client = 16
-num_clients = 2
-label_names = ["negative", "positive"]
-[federation]
-rounds = 2
-clients_per_round = 2
-local_steps = 2
-batch_size = 4
-lr = 0.05
-[run]
-methods = ["lp-fl", "fp-fl", "zero-shot"]
-eval_batch_size = 64
-"""
+RUN: dict[str, dict[str, object]] = {
+    "prompt": {"pattern": "Review: {text}\nIt was", "label_words": [" bad", " good"]},
+    "data": {"label_names": ["negative", "positive"]},
+    "federation": {"lr": 0.05},
+    "run": {"methods": ["lp-fl", "fp-fl", "zero-shot"]},
+}
 
 
 @pytest.fixture(scope="module")
 def simulated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
     """``lpfl simulate`` of RUN: the run file, the output folder and what it printed."""
     folder = tmp_path_factory.mktemp("simulated")
-    run_file = folder / "run.toml"
-    run_file.write_text(RUN)
+    run_file = write_run_file(folder / "run.toml", "mr", **RUN)
     out = folder / "out"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):

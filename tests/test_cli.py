@@ -17,26 +17,7 @@ import pytest
 
 from lpfl import logs
 from lpfl.cli import INTERRUPTED, _subparsers, build_parser, main
-
-RUN = """
-[model]
-source = "tiny-llama"
-max_length = 48
-[data]
-test_size = 100
-validation_size = 0
-shots_per_class = 8
-unlabeled_per_client = 16
-num_clients = 2
-[federation]
-rounds = {rounds}
-clients_per_round = 2
-local_steps = 2
-batch_size = 4
-[run]
-methods = ["zero-shot", "lp-fl"]
-eval_batch_size = 64
-"""
+from tests.conftest import write_run_file
 
 
 def _all_subcommands(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
@@ -114,8 +95,8 @@ def _wait_for(path: Path, text: str, process: subprocess.Popen[bytes], timeout: 
 
 def test_ctrl_c_keeps_the_finished_runs_and_exits_130_without_a_traceback(
         tmp_path: Path) -> None:
-    run_file = tmp_path / "run.toml"
-    run_file.write_text(RUN.replace("{rounds}", "200"))
+    run_file = write_run_file(tmp_path / "run.toml", federation={"rounds": 200},
+                              run={"methods": ["zero-shot", "lp-fl"]})
     out = tmp_path / "out"
     stderr = tmp_path / "stderr.txt"
     with stderr.open("wb") as err:

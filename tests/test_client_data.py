@@ -26,33 +26,13 @@ from lpfl.harness.launch import (
     watch_rounds,
 )
 from lpfl.simulate import round_settings
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, write_run_file
 
-RUN = """
-[model]
-source = "tiny-llama"
-max_length = 48
-[data]
-test_size = 100
-validation_size = 0
-shots_per_class = 8
-unlabeled_per_client = 16
-num_clients = 2
-label_names = ["negative", "positive"]
-[federation]
-rounds = 2
-clients_per_round = 2
-local_steps = 2
-batch_size = 4
-lr = 0.01
-[soft_labels]
-threshold = 0.0
-growth = 4
-start_round = 1
-[run]
-methods = ["lp-fl"]
-eval_batch_size = 64
-"""
+RUN: dict[str, dict[str, object]] = {
+    "data": {"label_names": ["negative", "positive"]},
+    "federation": {"lr": 0.01},
+    "soft_labels": {"threshold": 0.0, "growth": 4, "start_round": 1},
+}
 
 
 def device_file(path: Path, seed: int, labeled: int = 6, unlabeled: int = 10) -> Path:
@@ -75,8 +55,7 @@ def _args(run_file: Path, client_id: str, data: Path | None) -> argparse.Namespa
 
 
 def test_a_client_trains_on_its_own_file(tmp_path: Path) -> None:
-    run_file = tmp_path / "run.toml"
-    run_file.write_text(RUN)
+    run_file = write_run_file(tmp_path / "run.toml", "mr", **RUN)
     client = lpfl_trainer(_args(run_file, "phone-7", device_file(tmp_path / "p.csv", 1)))
     assert (len(client.labeled), len(client.unlabeled)) == (6, 10)
     assert [e.label for e in client.labeled] == [0, 1, 0, 1, 0, 1]
@@ -93,8 +72,7 @@ def test_a_client_trains_on_its_own_file(tmp_path: Path) -> None:
 
 
 def test_without_data_the_client_takes_its_share_of_the_corpus(tmp_path: Path) -> None:
-    run_file = tmp_path / "run.toml"
-    run_file.write_text(RUN)
+    run_file = write_run_file(tmp_path / "run.toml", "mr", **RUN)
     client = lpfl_trainer(_args(run_file, "client-1", None))
     assert (len(client.labeled), len(client.unlabeled), client.index) == (8, 16, 1)
     with pytest.raises(LpflError, match="or train on this device's own file with --data FILE"):
@@ -109,8 +87,7 @@ def test_without_data_the_client_takes_its_share_of_the_corpus(tmp_path: Path) -
 ])
 def test_a_bad_device_file_ends_the_client_with_file_row_and_fix(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str) -> None:
-    run_file = tmp_path / "run.toml"
-    run_file.write_text(RUN)
+    run_file = write_run_file(tmp_path / "run.toml", "mr", **RUN)
     data = tmp_path / "mine.csv"
     data.write_text(content)
     code = main(["client", "--server", "ws://127.0.0.1:9", "--client-id", "phone",
@@ -123,8 +100,7 @@ def test_devices_federate_their_own_files_and_the_server_never_sees_a_text(
         tmp_path: Path) -> None:
     """Real `lpfl server` and two `lpfl client --data` processes for two rounds; the server
     keeps the final adapter, and no device text (marker words) is in anything it wrote."""
-    run_file = tmp_path / "run.toml"
-    run_file.write_text(RUN)
+    run_file = write_run_file(tmp_path / "run.toml", "mr", **RUN)
     out = tmp_path / "run"
     ids = ["phone-a", "tablet-b"]
     tokens, tokens_file = prepare_run_dir(out, ids)
