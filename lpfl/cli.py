@@ -289,9 +289,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _verbosity(verbose: bool, quiet: bool) -> int:
+    return logs.VERBOSE if verbose else logs.QUIET if quiet else logs.NORMAL
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logs.configure(logs.VERBOSE if args.verbose else logs.QUIET if args.quiet else logs.NORMAL)
+    words = sys.argv[1:] if argv is None else list(argv)
+    # Building the parser imports role modules, and some import torch: set up logging first.
+    logs.configure(_verbosity(bool({"-v", "--verbose"} & set(words)),
+                              bool({"-q", "--quiet"} & set(words))))
+    args = build_parser().parse_args(words)
+    logs.configure(_verbosity(args.verbose, args.quiet))
     try:
         return int(args.func(args))
     except LpflError as exc:
