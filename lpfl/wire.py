@@ -10,8 +10,9 @@ A message is one binary string::
     header_length (4 bytes, big-endian)  |  header (UTF-8 JSON)  |  payload (safetensors bytes)
 
 The header is the envelope (``schema_version``, ``type``, ``round``, ``client_id``), the size of
-the payload (``payload_bytes``) and the type's own fields (``body``). Only ``task`` and ``update``
-carry a payload: a tensor state encoded by :mod:`lpfl.tensors`. On a websocket the string is cut
+the payload (``payload_bytes``) and the type's own fields (``body``). Only ``task``, ``update`` and
+``masked_input`` carry a payload: a tensor state encoded by :mod:`lpfl.tensors`, or a masked
+vector (:mod:`lpfl.secagg`). On a websocket the string is cut
 into binary frames of at most :data:`MAX_FRAME_BYTES`: the first frame holds the whole header and
 up to :data:`CHUNK_BYTES` of payload, each later frame the next chunk, so neither side ever holds a
 frame bigger than that and the receiver checks the declared payload size against its limit for the
@@ -24,6 +25,7 @@ means for the byte accounting: everything a connection reads and writes.
 
 from __future__ import annotations
 
+import binascii
 import json
 import math
 import re
@@ -44,7 +46,15 @@ UPDATE = "update"
 ERROR = "error"
 ACK = "ack"
 BYE = "bye"
-MESSAGE_TYPES = (HELLO, TASK, UPDATE, ERROR, ACK, BYE)
+ADVERTISE_KEYS = "advertise_keys"
+PUBLIC_KEYS = "public_keys"
+SHARE_KEYS = "share_keys"
+MASKED_INPUT = "masked_input"
+UNMASK = "unmask"
+UNMASK_SHARES = "unmask_shares"
+SECAGG_TYPES = (ADVERTISE_KEYS, PUBLIC_KEYS, SHARE_KEYS, MASKED_INPUT, UNMASK, UNMASK_SHARES)
+"""The secure-aggregation extension's messages (:mod:`lpfl.secagg`), in the order of a round."""
+MESSAGE_TYPES = (HELLO, TASK, UPDATE, ERROR, ACK, BYE, *SECAGG_TYPES)
 
 E_BAD_FRAME = "bad_frame"
 """The bytes are not a message: too short, a bad header length, a header that is not JSON."""
@@ -192,7 +202,7 @@ M = TypeVar("M", bound="Message")
 
 @dataclass(frozen=True)
 class Message:
-    """Base of the six message types: the envelope fields plus type-specific ones.
+    """Base of the message types: the envelope fields plus type-specific ones.
 
     Subclasses set ``TYPE`` and implement ``_body``, ``_check_body`` and ``_from_body``. Build
     one, send its :meth:`frames` (they :meth:`check` it first); the receiver gets it back, already
@@ -205,7 +215,7 @@ class Message:
 
     @property
     def payload(self) -> bytes:
-        """The tensor payload; empty for every type but ``task`` and ``update``."""
+        """The payload; empty for every type but ``task``, ``update`` and ``masked_input``."""
         return b""
 
     @property
@@ -324,14 +334,20 @@ class Task(Message):
     settings: Mapping[str, Any]
     update_encoding: str
     deadline_s: float
+    secure_aggregation: MaskingParams | None = None
+    """When set, the client answers with ``advertise_keys`` instead of ``update`` and masks its
+    update (:mod:`lpfl.secagg`); absent from the body otherwise."""
 
     @property
     def payload(self) -> bytes:
         return self.tensors
 
     def _body(self) -> dict[str, Any]:
-        return {"settings": dict(self.settings), "update_encoding": self.update_encoding,
+        body = {"settings": dict(self.settings), "update_encoding": self.update_encoding,
                 "deadline_s": float(self.deadline_s)}
+        if self.secure_aggregation is not None:
+            body["secure_aggregation"] = self.secure_aggregation.to_dict()
+        return body
 
     def _check_body(self) -> None:
         _require(self.round >= 1, E_BAD_MESSAGE, "a task's round must be >= 1")
@@ -341,12 +357,18 @@ class Task(Message):
                  f"update_encoding {self.update_encoding!r} is not one of {ENCODINGS}")
         _require(_is_number(self.deadline_s) and 0 < self.deadline_s < math.inf, E_BAD_MESSAGE,
                  f"deadline_s {self.deadline_s!r} must be a positive number")
+        if self.secure_aggregation is not None:
+            _require(isinstance(self.secure_aggregation, MaskingParams), E_BAD_MESSAGE,
+                     "secure_aggregation must be MaskingParams")
+            self.secure_aggregation.check()
 
     @classmethod
     def _from_body(cls, envelope: Envelope, body: Mapping[str, Any], payload: bytes) -> Task:
+        params = body.get("secure_aggregation")
         return cls(envelope.round, envelope.client_id, payload, _field(body, "settings", dict),
                    _field(body, "update_encoding", str),
-                   float(_field(body, "deadline_s", (int, float))))
+                   float(_field(body, "deadline_s", (int, float))),
+                   None if params is None else MaskingParams.from_dict(params))
 
 
 @dataclass(frozen=True)
@@ -460,8 +482,286 @@ def _check_reason(reason: object) -> None:
              f"reason must be a string of at most {MAX_REASON_CHARS} characters")
 
 
-_CLASSES: dict[str, type[Message]] = {c.TYPE: c for c in (Hello, Task, Update, Error, Ack, Bye)}
-_WITH_PAYLOAD = frozenset({TASK, UPDATE})
+# Secure aggregation (docs/protocol.md §12): keys, encrypted key shares, the masked input and
+# the unmasking, each checked like the messages above. Keys, secrets and shares are 32 bytes,
+# base64 (RFC 4648, with padding) in the body.
+
+KEY_BYTES = 32
+"""An X25519 public key, a secret, or one Shamir share of a secret (two 16-byte halves)."""
+SEALED_SHARES_BYTES = 12 + 2 * KEY_BYTES + 16
+"""One client's two shares for one peer, sealed: nonce, ciphertext, authentication tag."""
+
+
+def _encode_bytes(value: bytes) -> str:
+    return binascii.b2a_base64(value, newline=False).decode("ascii")
+
+
+def _decode_bytes(value: object, what: str) -> bytes:
+    _require(isinstance(value, str), E_BAD_MESSAGE, f"{what} must be a base64 string")
+    assert isinstance(value, str)
+    try:
+        return binascii.a2b_base64(value.encode("ascii"), strict_mode=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise WireError(E_BAD_MESSAGE, f"{what} is not base64") from None
+
+
+def _check_bytes(value: object, size: int, what: str) -> None:
+    _require(isinstance(value, bytes) and len(value) == size, E_BAD_MESSAGE,
+             f"{what} must be {size} bytes")
+
+
+def _check_peers(peers: Mapping[str, bytes], size: int, what: str) -> None:
+    _require(isinstance(peers, Mapping), E_BAD_MESSAGE, f"{what} must be a map")
+    for peer, value in peers.items():
+        check_client_id(peer)
+        _check_bytes(value, size, f"{what}[{peer!r}]")
+
+
+def _peers_body(peers: Mapping[str, bytes]) -> dict[str, str]:
+    return {peer: _encode_bytes(value) for peer, value in sorted(peers.items())}
+
+
+def _peers_from_body(body: Mapping[str, Any], name: str) -> dict[str, bytes]:
+    return {str(peer): _decode_bytes(value, f"body.{name}[{peer!r}]")
+            for peer, value in _field(body, name, dict).items()}
+
+
+def _check_secagg_round(message: Message) -> None:
+    _require(message.round >= 1, E_BAD_MESSAGE, f"a {message.TYPE}'s round must be >= 1")
+
+
+@dataclass(frozen=True)
+class MaskingParams:
+    """A secure-aggregation task's rules (the ``secure_aggregation`` object of a ``task``).
+
+    ``threshold``: how many clients must get through every step (and how many shares rebuild a
+    secret); ``scale_bits``: each value ``v`` is sent as ``round(v × 2**scale_bits)`` modulo
+    2³²; ``clip_range``: each coordinate of the change from the global state is first clamped
+    to ``[-clip_range, clip_range]``; ``max_weight``: the update is weighted by
+    ``min(num_examples, max_weight)``; ``clip_norm`` (0: none): the change's L2 norm is clipped
+    to it first; ``noise_std``: the standard deviation of the Gaussian noise the client adds to
+    each weighted coordinate (differential privacy; 0: none).
+    """
+
+    threshold: int
+    scale_bits: int
+    clip_range: float
+    max_weight: int
+    clip_norm: float = 0.0
+    noise_std: float = 0.0
+
+    def check(self) -> None:
+        _require(_is_int(self.threshold) and self.threshold >= 2, E_BAD_MESSAGE,
+                 f"secure_aggregation.threshold {self.threshold!r} must be an integer >= 2")
+        _require(_is_int(self.scale_bits) and 0 <= self.scale_bits <= 30, E_BAD_MESSAGE,
+                 f"secure_aggregation.scale_bits {self.scale_bits!r} must be in [0, 30]")
+        _require(_is_int(self.max_weight) and self.max_weight >= 1, E_BAD_MESSAGE,
+                 f"secure_aggregation.max_weight {self.max_weight!r} must be an integer >= 1")
+        _require(_is_number(self.clip_range) and 0 < self.clip_range < math.inf, E_BAD_MESSAGE,
+                 f"secure_aggregation.clip_range {self.clip_range!r} must be a positive number")
+        for name in ("clip_norm", "noise_std"):
+            value = getattr(self, name)
+            _require(_is_number(value) and 0 <= value < math.inf, E_BAD_MESSAGE,
+                     f"secure_aggregation.{name} {value!r} must be a number >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"threshold": self.threshold, "scale_bits": self.scale_bits,
+                "clip_range": float(self.clip_range), "max_weight": self.max_weight,
+                "clip_norm": float(self.clip_norm), "noise_std": float(self.noise_std)}
+
+    @classmethod
+    def from_dict(cls, body: object) -> MaskingParams:
+        _require(isinstance(body, dict), E_BAD_MESSAGE, "body.secure_aggregation must be an object")
+        assert isinstance(body, dict)
+        params = cls(_field(body, "threshold", int), _field(body, "scale_bits", int),
+                     float(_field(body, "clip_range", (int, float))),
+                     _field(body, "max_weight", int),
+                     float(_field(body, "clip_norm", (int, float))),
+                     float(_field(body, "noise_std", (int, float))))
+        params.check()
+        return params
+
+
+@dataclass(frozen=True)
+class AdvertiseKeys(Message):
+    """Client to server, after training a secure-aggregation task: its two fresh X25519 public
+    keys, one to encrypt key shares to it (``cipher_key``), one to agree pairwise masks
+    (``mask_key``)."""
+
+    TYPE: ClassVar[str] = ADVERTISE_KEYS
+    cipher_key: bytes
+    mask_key: bytes
+
+    def _body(self) -> dict[str, Any]:
+        return {"cipher_key": _encode_bytes(self.cipher_key),
+                "mask_key": _encode_bytes(self.mask_key)}
+
+    def _check_body(self) -> None:
+        _check_secagg_round(self)
+        _check_bytes(self.cipher_key, KEY_BYTES, "cipher_key")
+        _check_bytes(self.mask_key, KEY_BYTES, "mask_key")
+
+    @classmethod
+    def _from_body(cls, envelope: Envelope, body: Mapping[str, Any],
+                   payload: bytes) -> AdvertiseKeys:
+        return cls(envelope.round, envelope.client_id,
+                   _decode_bytes(body.get("cipher_key"), "body.cipher_key"),
+                   _decode_bytes(body.get("mask_key"), "body.mask_key"))
+
+
+@dataclass(frozen=True)
+class PublicKeys(Message):
+    """Server to client: the keys of every client that advertised in time (the client itself
+    included), ``{client id: (cipher_key, mask_key)}``. A client's Shamir index is its
+    1-based position in the sorted ids."""
+
+    TYPE: ClassVar[str] = PUBLIC_KEYS
+    keys: Mapping[str, tuple[bytes, bytes]]
+
+    def _body(self) -> dict[str, Any]:
+        return {"keys": {cid: {"cipher_key": _encode_bytes(c), "mask_key": _encode_bytes(m)}
+                         for cid, (c, m) in sorted(self.keys.items())}}
+
+    def _check_body(self) -> None:
+        _check_secagg_round(self)
+        _require(isinstance(self.keys, Mapping) and len(self.keys) >= 2, E_BAD_MESSAGE,
+                 "keys must map at least two client ids to their keys")
+        for cid, pair in self.keys.items():
+            check_client_id(cid)
+            _require(isinstance(pair, tuple) and len(pair) == 2, E_BAD_MESSAGE,
+                     f"keys[{cid!r}] must be a pair of keys")
+            _check_bytes(pair[0], KEY_BYTES, f"keys[{cid!r}].cipher_key")
+            _check_bytes(pair[1], KEY_BYTES, f"keys[{cid!r}].mask_key")
+
+    @classmethod
+    def _from_body(cls, envelope: Envelope, body: Mapping[str, Any], payload: bytes) -> PublicKeys:
+        keys = {}
+        for cid, pair in _field(body, "keys", dict).items():
+            _require(isinstance(pair, dict), E_BAD_MESSAGE, f"keys[{cid!r}] must be an object")
+            keys[str(cid)] = (_decode_bytes(pair.get("cipher_key"), f"keys[{cid!r}].cipher_key"),
+                              _decode_bytes(pair.get("mask_key"), f"keys[{cid!r}].mask_key"))
+        return cls(envelope.round, envelope.client_id, keys)
+
+
+@dataclass(frozen=True)
+class ShareKeys(Message):
+    """Sealed key shares, ``{peer id: sealed}``. Client to server: one for every other client of
+    the ``public_keys`` list, ``peer`` the recipient. Server to client: the ones addressed to
+    it, ``peer`` the sender; these senders and the client are the round's masking set."""
+
+    TYPE: ClassVar[str] = SHARE_KEYS
+    shares: Mapping[str, bytes]
+
+    def _body(self) -> dict[str, Any]:
+        return {"shares": _peers_body(self.shares)}
+
+    def _check_body(self) -> None:
+        _check_secagg_round(self)
+        _check_peers(self.shares, SEALED_SHARES_BYTES, "shares")
+        _require(self.client_id not in self.shares, E_BAD_MESSAGE,
+                 "shares must not name the client itself")
+
+    @classmethod
+    def _from_body(cls, envelope: Envelope, body: Mapping[str, Any], payload: bytes) -> ShareKeys:
+        return cls(envelope.round, envelope.client_id, _peers_from_body(body, "shares"))
+
+
+@dataclass(frozen=True)
+class MaskedInput(Message):
+    """Client to server: the masked vector (the payload, :func:`lpfl.secagg.encode_vector`) and
+    the client's metrics, which travel in clear (finite numbers)."""
+
+    TYPE: ClassVar[str] = MASKED_INPUT
+    vector: bytes
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    @property
+    def payload(self) -> bytes:
+        return self.vector
+
+    def _body(self) -> dict[str, Any]:
+        return {"metrics": {k: float(v) for k, v in self.metrics.items()}}
+
+    def _check_body(self) -> None:
+        _check_secagg_round(self)
+        _require(isinstance(self.metrics, Mapping), E_BAD_MESSAGE, "metrics must be a map")
+        _check_metrics(self.metrics, "metrics")
+
+    @classmethod
+    def _from_body(cls, envelope: Envelope, body: Mapping[str, Any],
+                   payload: bytes) -> MaskedInput:
+        metrics = _field(body, "metrics", dict)
+        _check_metrics(metrics, "metrics")
+        return cls(envelope.round, envelope.client_id, payload,
+                   {str(k): float(v) for k, v in metrics.items()})
+
+
+def _check_ids(ids: object, what: str) -> None:
+    _require(isinstance(ids, tuple), E_BAD_MESSAGE, f"{what} must be a list of client ids")
+    assert isinstance(ids, tuple)
+    for cid in ids:
+        check_client_id(cid)
+    _require(len(set(ids)) == len(ids), E_BAD_MESSAGE, f"{what} names a client twice")
+
+
+@dataclass(frozen=True)
+class Unmask(Message):
+    """Server to client: whose masked input is in the sum (``survivors``) and who shared keys
+    but sent none (``dropped``): reveal the self-mask shares of the first and the mask-key
+    shares of the second, never both for one client."""
+
+    TYPE: ClassVar[str] = UNMASK
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...] = ()
+
+    def _body(self) -> dict[str, Any]:
+        return {"survivors": list(self.survivors), "dropped": list(self.dropped)}
+
+    def _check_body(self) -> None:
+        _check_secagg_round(self)
+        _check_ids(self.survivors, "survivors")
+        _check_ids(self.dropped, "dropped")
+        _require(not set(self.survivors) & set(self.dropped), E_BAD_MESSAGE,
+                 "a client cannot be both a survivor and dropped")
+
+    @classmethod
+    def _from_body(cls, envelope: Envelope, body: Mapping[str, Any], payload: bytes) -> Unmask:
+        survivors, dropped = _field(body, "survivors", list), _field(body, "dropped", list)
+        return cls(envelope.round, envelope.client_id, tuple(survivors), tuple(dropped))
+
+
+@dataclass(frozen=True)
+class UnmaskShares(Message):
+    """Client to server, answering ``unmask``: its share of each survivor's self-mask seed
+    (``self_mask_shares``) and of each dropped client's mask key (``mask_key_shares``)."""
+
+    TYPE: ClassVar[str] = UNMASK_SHARES
+    self_mask_shares: Mapping[str, bytes]
+    mask_key_shares: Mapping[str, bytes] = field(default_factory=dict)
+
+    def _body(self) -> dict[str, Any]:
+        return {"self_mask_shares": _peers_body(self.self_mask_shares),
+                "mask_key_shares": _peers_body(self.mask_key_shares)}
+
+    def _check_body(self) -> None:
+        _check_secagg_round(self)
+        _check_peers(self.self_mask_shares, KEY_BYTES, "self_mask_shares")
+        _check_peers(self.mask_key_shares, KEY_BYTES, "mask_key_shares")
+        _require(not set(self.self_mask_shares) & set(self.mask_key_shares), E_BAD_MESSAGE,
+                 "a client's self-mask and mask-key shares are never both revealed")
+
+    @classmethod
+    def _from_body(cls, envelope: Envelope, body: Mapping[str, Any],
+                   payload: bytes) -> UnmaskShares:
+        return cls(envelope.round, envelope.client_id,
+                   _peers_from_body(body, "self_mask_shares"),
+                   _peers_from_body(body, "mask_key_shares"))
+
+
+_CLASSES: dict[str, type[Message]] = {c.TYPE: c for c in (
+    Hello, Task, Update, Error, Ack, Bye,
+    AdvertiseKeys, PublicKeys, ShareKeys, MaskedInput, Unmask, UnmaskShares)}
+_WITH_PAYLOAD = frozenset({TASK, UPDATE, MASKED_INPUT})
 
 
 def _reject_constant(name: str) -> float:
@@ -522,7 +822,7 @@ def _parse_header(frame: bytes, limits: PayloadLimits) -> _Header:
 PayloadLimits = Mapping[str, int]
 """Most payload bytes a receiver accepts per message type; a type not listed accepts none."""
 
-UNLIMITED: PayloadLimits = {TASK: 2**63, UPDATE: 2**63}
+UNLIMITED: PayloadLimits = {TASK: 2**63, UPDATE: 2**63, MASKED_INPUT: 2**63}
 """Limits for :func:`parse` on bytes already in memory."""
 
 

@@ -12,6 +12,9 @@ from lpfl import wire
 
 CAPS = {"backend": "torch", "cpu_arch": "aarch64", "memory_bytes": 4096,
         "runtime": {"python": "3.11.7", "torch": "2.13.0"}}
+KEY, KEY2, SEALED = bytes(range(32)), bytes(range(32, 64)), bytes(range(92))
+B64 = b"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+B64_2 = b"ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="
 
 GOLDEN: list[tuple[wire.Message, bytes]] = [
     (wire.Hello(0, "edge-1", CAPS),
@@ -34,6 +37,37 @@ GOLDEN: list[tuple[wire.Message, bytes]] = [
     (wire.Bye(3, "edge-1", "the run is finished"),
      b'\x00\x00\x00z{"body":{"reason":"the run is finished"},"client_id":"edge-1",'
      b'"payload_bytes":0,"round":3,"schema_version":1,"type":"bye"}'),
+    # Secure aggregation (docs/protocol.md §12).
+    (wire.Task(2, "edge-1", b"ST", {"lr": 0.5}, "fp32", 30.0,
+               wire.MaskingParams(2, 20, 1.0, 1000, 0.5, 0.0)),
+     b'\x00\x00\x01\x15{"body":{"deadline_s":30.0,"secure_aggregation":{"clip_norm":0.5,'
+     b'"clip_range":1.0,"max_weight":1000,"noise_std":0.0,"scale_bits":20,"threshold":2},'
+     b'"settings":{"lr":0.5},"update_encoding":"fp32"},"client_id":"edge-1","payload_bytes":2,'
+     b'"round":2,"schema_version":1,"type":"task"}ST'),
+    (wire.AdvertiseKeys(2, "edge-1", KEY, KEY2),
+     b'\x00\x00\x00\xdc{"body":{"cipher_key":"' + B64 + b'","mask_key":"' + B64_2 + b'"},'
+     b'"client_id":"edge-1","payload_bytes":0,"round":2,"schema_version":1,'
+     b'"type":"advertise_keys"}'),
+    (wire.PublicKeys(2, "edge-1", {"edge-1": (KEY, KEY2), "edge-2": (KEY2, KEY)}),
+     b'\x00\x00\x01n{"body":{"keys":{"edge-1":{"cipher_key":"' + B64 + b'","mask_key":"'
+     + B64_2 + b'"},"edge-2":{"cipher_key":"' + B64_2 + b'","mask_key":"' + B64 + b'"}}},'
+     b'"client_id":"edge-1","payload_bytes":0,"round":2,"schema_version":1,'
+     b'"type":"public_keys"}'),
+    (wire.ShareKeys(2, "edge-1", {"edge-2": SEALED}),
+     b'\x00\x00\x00\xf5{"body":{"shares":{"edge-2":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwd'
+     b'Hh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+P0BBQkNERUZHSElKS0xNTk9QUVJTVFVWV1hZWls="}},'
+     b'"client_id":"edge-1","payload_bytes":0,"round":2,"schema_version":1,"type":"share_keys"}'),
+    (wire.MaskedInput(2, "edge-1", b"ST", {"train_loss": 0.25}),
+     b'\x00\x00\x00\x82{"body":{"metrics":{"train_loss":0.25}},"client_id":"edge-1",'
+     b'"payload_bytes":2,"round":2,"schema_version":1,"type":"masked_input"}ST'),
+    (wire.Unmask(2, "edge-1", ("edge-1", "edge-2"), ("edge-3",)),
+     b'\x00\x00\x00\x93{"body":{"dropped":["edge-3"],"survivors":["edge-1","edge-2"]},'
+     b'"client_id":"edge-1","payload_bytes":0,"round":2,"schema_version":1,"type":"unmask"}'),
+    (wire.UnmaskShares(2, "edge-1", {"edge-1": KEY, "edge-2": KEY2}, {"edge-3": KEY}),
+     b'\x00\x00\x016{"body":{"mask_key_shares":{"edge-3":"' + B64 + b'"},'
+     b'"self_mask_shares":{"edge-1":"' + B64 + b'","edge-2":"' + B64_2 + b'"}},'
+     b'"client_id":"edge-1","payload_bytes":0,"round":2,"schema_version":1,'
+     b'"type":"unmask_shares"}'),
 ]
 
 
@@ -50,7 +84,7 @@ def test_golden_bytes_both_ways(message: wire.Message, golden: bytes) -> None:
 
 
 def test_every_type_has_a_golden() -> None:
-    assert sorted(m.TYPE for m, _ in GOLDEN) == sorted(wire.MESSAGE_TYPES)
+    assert sorted({m.TYPE for m, _ in GOLDEN}) == sorted(wire.MESSAGE_TYPES)
 
 
 def test_typed_parse_refuses_another_type() -> None:
