@@ -5,6 +5,9 @@ early.
 with the trainer's capabilities, runs each task's training in a worker thread (so pings keep the
 connection alive), and uploads the result in the encoding the task asks for. A trainer exception
 is sent to the server as a ``training_failed`` error and the client waits for the next task.
+A task that asks for secure aggregation is answered with the client's public keys instead of its
+update, and the client then takes part in the masking steps (:class:`lpfl.secagg.MaskingClient`,
+computed in a worker thread too); a step it cannot take is reported as ``training_failed``.
 
 When the connection fails (server restarting, network gone, the process behind it killed) the
 client reconnects with jittered exponential backoff and rejoins at the next round. It stops when
@@ -31,6 +34,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from lpfl import transport, wire
 from lpfl.errors import ConfigError, LpflError
+from lpfl.secagg import MaskingClient, SecAggError
 from lpfl.tensors import decode_tensors, encode_tensors
 from lpfl.trainer_api import Trainer, peak_rss_bytes
 
@@ -126,6 +130,8 @@ class EdgeClient:
         """Every byte this client wrote to / read from its connections, all of them together."""
         self._last_welcome = time.monotonic()
         """When the server last accepted our hello (or when the client started)."""
+        self._masking: MaskingClient | None = None
+        """This client's side of the secure-aggregation round in progress, if any."""
         self._backoff = Backoff(settings.backoff_initial_s, settings.backoff_max_s,
                                 rng or random.Random())
         self._ssl: ssl.SSLContext | None = None
@@ -215,6 +221,8 @@ class EdgeClient:
         cid = self.settings.client_id
         if isinstance(message, wire.Task):
             await self._train(ws, message)
+        elif isinstance(message, wire.PublicKeys | wire.ShareKeys | wire.Unmask):
+            await self._mask_step(ws, message)
         elif isinstance(message, wire.Ack):
             if message.of == wire.HELLO:
                 self._backoff.reset()
@@ -247,25 +255,56 @@ class EdgeClient:
         sent_before = ws.meter.bytes_out
         await self._send(ws, reply)
         if isinstance(reply, wire.Update):
-            self.rounds_trained += 1
-            self.last_round = task.round
+            self._trained(task.round)
             logger.info("client %s: round %d uploaded in %.2f s: %d payload bytes, %d on the wire",
                         cid, task.round, time.perf_counter() - start, len(reply.tensors),
                         ws.meter.bytes_out - sent_before)
 
-    def _train_sync(self, task: wire.Task) -> wire.Update:
-        """Decode, train, encode: the part of a round that runs in the worker thread."""
+    def _trained(self, round_number: int) -> None:
+        self.rounds_trained += 1
+        self.last_round = round_number
+
+    def _train_sync(self, task: wire.Task) -> wire.Update | wire.AdvertiseKeys:
+        """Decode, train, encode (or start masking): the part of a round that runs in the worker
+        thread."""
         start = time.perf_counter()
         global_state = decode_tensors(task.tensors)
+        self._masking = None
         result = self.trainer.train_round(task.round, global_state, dict(task.settings))
         metrics: dict[str, Any] = {"compute_seconds": time.perf_counter() - start}
         metrics.update({name: float(value) for name, value in result.metrics.items()})
         metrics["peak_rss_bytes"] = float(peak_rss_bytes())
+        if task.secure_aggregation is not None:
+            self._masking = MaskingClient(self.settings.client_id, task.round,
+                                          task.secure_aggregation, global_state, result.state,
+                                          int(result.num_examples), metrics)
+            return self._masking.advertise()
         update = wire.Update(task.round, self.settings.client_id,
                              encode_tensors(result.state, task.update_encoding),
                              int(result.num_examples), metrics)
         update.check()
         return update
+
+    async def _mask_step(self, ws: MeteredClientConnection, message: wire.Message) -> None:
+        """Answer one of the server's secure-aggregation messages, or report the round failed."""
+        cid = self.settings.client_id
+        masking = self._masking
+        try:
+            if masking is None:
+                raise SecAggError(f"a {message.TYPE} arrived, but this client is not masking a "
+                                  "round")
+            reply: wire.Message = await asyncio.to_thread(masking.respond, message)
+        except SecAggError as exc:
+            logger.warning("client %s: secure aggregation of round %d stops: %s", cid,
+                           message.round, exc)
+            self._masking = None
+            reply = wire.Error.of(message.round, cid, wire.E_TRAINING_FAILED,
+                                  f"secure aggregation: {exc}")
+        await self._send(ws, reply)
+        if isinstance(reply, wire.MaskedInput):
+            self._trained(message.round)
+            logger.info("client %s: round %d masked input sent: %d payload bytes", cid,
+                        message.round, len(reply.vector))
 
     async def _send(self, ws: ClientConnection, message: wire.Message) -> None:
         for frame in message.frames():

@@ -29,6 +29,18 @@ One round goes through these phases::
   last good state stays and the updates are marked ``discarded`` with the reason. Either way the
   round goes to ``EVALUATING``; with fewer updates the round is tried again with the same
   global state, at most ``max_attempts`` times.
+- With secure aggregation (``rules.privacy.secure_aggregation``, :mod:`lpfl.secagg`) a
+  sampled client answers its task with its public keys instead of an update, and the round
+  goes through three more steps before it closes: ``SHARING`` (the key list goes out, sealed
+  key shares come back), ``MASKING`` (the shares are forwarded, masked inputs come back and are
+  summed) and ``UNMASKING`` (the survivors list goes out, revealed shares come back and the sum
+  is unmasked). Each step waits for every participant of the step before or
+  ``phase_deadline_s``; fewer than the threshold (or than ``min_updates`` inputs) fail the
+  attempt, which is retried with fresh keys like any failed attempt.
+- With differential privacy (``rules.privacy.noise_multiplier`` > 0) updates are clipped to
+  ``clip_norm``, averaged with equal weights and noised (:mod:`lpfl.privacy`); each round's ε
+  is in its :class:`RoundCommitted`, and a round that would spend past ``epsilon_budget`` is
+  not started: the run finishes there (:class:`RunFinished` says why).
 - ``EVALUATING``: the adapter evaluates the state of :class:`RoundClosed` and reports
   :class:`RoundEvaluated`. With ``max_accuracy_drop`` set, that state is only proposed: the
   guard refuses it if its accuracy is more than ``max_accuracy_drop`` below the last committed
@@ -49,12 +61,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
-from lpfl import wire
+from lpfl import secagg, wire
 from lpfl.aggregation import Accumulator, clip_delta, delta_norm
 from lpfl.errors import ConfigError
 from lpfl.metrics import combine_client_metrics
+from lpfl.privacy import (
+    MAX_SECAGG_CLIENTS,
+    Accountant,
+    DpRound,
+    PrivacyRules,
+    gaussian_noise,
+    noise_rng,
+    require_accountant,
+)
 from lpfl.records import ClientOutcome, ClientRecord, ClientStatus, RoundRecord, Traffic
 from lpfl.strategy import Aggregation, ClientUpdate, FedAvg, make_strategy
 from lpfl.tensors import ENCODINGS, PayloadError, decode_tensors, encode_tensors
@@ -96,7 +118,12 @@ class RoundRules:
     whose evaluated ``accuracy`` is more than that below the last committed state's; the
     default, 1, never refuses, and only then may an adapter skip evaluating some rounds.
     ``task_encoding`` encodes the global state sent to clients, ``update_encoding`` is what
-    clients must reply with (``fp32``, ``fp16`` or ``int8``).
+    clients must reply with (``fp32``, ``fp16`` or ``int8``). ``privacy``
+    (:class:`lpfl.privacy.PrivacyRules`) turns on secure aggregation and differential privacy;
+    both need ``aggregation = "fedavg"`` (a robust rule needs every single update), secure
+    aggregation needs ``clip`` other than ``"adaptive"`` (the server never sees an update's
+    norm) and ``min_updates`` >= 2 (a sum of one update is that update), differential privacy
+    needs ``clip = "absolute"`` (``clip_norm`` is the sensitivity).
     """
 
     min_clients: int = 0
@@ -111,6 +138,7 @@ class RoundRules:
     max_accuracy_drop: float = 1.0
     task_encoding: str = "fp32"
     update_encoding: str = "fp32"
+    privacy: PrivacyRules = field(default_factory=PrivacyRules)
 
     def __post_init__(self) -> None:
         checks = (
@@ -137,6 +165,31 @@ class RoundRules:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"server.round.{message}")
+        self._check_privacy()
+
+    def _check_privacy(self) -> None:
+        privacy = self.privacy
+        wanted = [name for name, on in (("secure aggregation", privacy.secure_aggregation),
+                                         ("differential privacy", privacy.differential)) if on]
+        checks = (
+            (not wanted or self.aggregation is Aggregation.FEDAVG,
+             f"aggregation={self.aggregation.value!r} cannot run with {' and '.join(wanted)}: "
+             "a robust rule needs every single update, which secure aggregation hides and "
+             "differential privacy bounds by one sum; use aggregation = \"fedavg\""),
+            (not privacy.secure_aggregation or self.clip is not ClipMode.ADAPTIVE,
+             "clip=\"adaptive\" needs each update's norm, which secure aggregation hides from "
+             "the server: use clip = \"absolute\" with clip-norm (clients then clip "
+             "themselves) or clip = \"off\""),
+            (not privacy.secure_aggregation or self.min_updates >= 2,
+             f"min_updates={self.min_updates}: secure aggregation needs min-updates >= 2, a "
+             "sum of one update is that update"),
+            (not privacy.differential or self.clip is ClipMode.ABSOLUTE,
+             f"clip={self.clip.value!r}: differential privacy needs clip = \"absolute\" with "
+             "clip-norm > 0, the bound every update is clipped to"),
+        )
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"server.round.{message}")
 
     @property
     def guards_accuracy(self) -> bool:
@@ -153,6 +206,9 @@ class RoundRules:
 class Phase(enum.Enum):
     WAITING = "waiting"
     TRAINING = "training"
+    SHARING = "sharing"
+    MASKING = "masking"
+    UNMASKING = "unmasking"
     EVALUATING = "evaluating"
     FINISHED = "finished"
     ABORTED = "aborted"
@@ -184,6 +240,14 @@ class UpdateReceived:
 
 
 @dataclass(frozen=True)
+class SecAggReceived:
+    """A secure-aggregation message from a client arrived whole (keys, shares, a masked input,
+    revealed shares); nothing in it is checked beyond the wire schema."""
+
+    message: wire.Message
+
+
+@dataclass(frozen=True)
 class ClientFailed:
     """A client sent an error message instead of an update."""
 
@@ -206,6 +270,7 @@ class DeadlinePassed:
 
     round: int
     attempt: int
+    stage: int = 0
 
 
 @dataclass(frozen=True)
@@ -224,8 +289,8 @@ class RoundRecorded:
     round: int
 
 
-Event = (ClientJoined | ClientLeft | UpdateReceived | ClientFailed | ClientRefused | DeadlinePassed
-         | RoundEvaluated | RoundRecorded)
+Event = (ClientJoined | ClientLeft | UpdateReceived | SecAggReceived | ClientFailed | ClientRefused
+         | DeadlinePassed | RoundEvaluated | RoundRecorded)
 
 
 # Actions: what the machine asks the adapter to do, in order.
@@ -241,11 +306,14 @@ class Send:
 
 @dataclass(frozen=True)
 class StartTimer:
-    """Report :class:`DeadlinePassed` for this round and attempt after ``seconds``."""
+    """Report :class:`DeadlinePassed` for this round, attempt and stage after ``seconds``
+    (stage 0 is training; 1-3 are the secure-aggregation steps after it). A new timer
+    replaces the previous one."""
 
     round: int
     attempt: int
     seconds: float
+    stage: int = 0
 
 
 @dataclass(frozen=True)
@@ -262,6 +330,9 @@ class RoundClosed:
     outcomes: Mapping[str, ClientOutcome]
     train_metrics: Mapping[str, float]
     refused: str = ""
+    privacy: Mapping[str, float] = field(default_factory=dict)
+    """With differential privacy, ε spent up to this round and what it was computed from
+    (:meth:`lpfl.privacy.DpRound.to_dict`); empty otherwise."""
 
 
 @dataclass(frozen=True)
@@ -278,6 +349,7 @@ class RoundCommitted:
     train_metrics: Mapping[str, float]
     eval_metrics: Mapping[str, float]
     refused: str = ""
+    privacy: Mapping[str, float] = field(default_factory=dict)
 
     def record(self, traffic: Mapping[str, Traffic], seconds: float,
                capabilities: Mapping[str, Mapping[str, Any]] | None = None,
@@ -291,7 +363,8 @@ class RoundCommitted:
                                 traffic.get(cid, Traffic()), dict(capabilities.get(cid, {})))
                    for cid in sorted(set(self.outcomes) | set(traffic))]
         return RoundRecord(self.round, self.attempt, seconds, dict(self.eval_metrics),
-                           dict(self.train_metrics), clients, eval_seconds, self.refused)
+                           dict(self.train_metrics), clients, eval_seconds, self.refused,
+                           dict(self.privacy))
 
 
 @dataclass(frozen=True)
@@ -306,9 +379,11 @@ class RoundFailed:
 
 @dataclass(frozen=True)
 class RunFinished:
-    """Every round is recorded; ``global_state`` is the final one."""
+    """Every round is recorded, or the privacy budget allows no more (then ``reason`` says so;
+    it is empty when every round ran); ``global_state`` is the final one."""
 
     global_state: Mapping[str, torch.Tensor]
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -331,6 +406,12 @@ class _Round:
     pending: set[str]
     acc: Accumulator
     outcomes: dict[str, ClientOutcome] = field(default_factory=dict)
+    masked: secagg.MaskedSum | None = None
+    """The secure-aggregation steps' state, when the round uses it."""
+    stage: int = 0
+    """0 while training; 1-3 in the secure-aggregation steps (sharing, masking, unmasking)."""
+    release: DpRound | None = None
+    """What the round releases to the privacy accountant, with differential privacy."""
 
 
 class RoundMachine:
@@ -346,6 +427,11 @@ class RoundMachine:
     actions in order.
     :meth:`screen_update` lets the adapter refuse an update from its header alone, before its
     payload is read.
+
+    With differential privacy, ``privacy_spent`` are the releases of the rounds already recorded
+    (from their records' ``privacy``, on a resume), so ε goes on from where it was; ``noise``
+    draws the noise (by default a generator seeded from the operating system: never from the
+    run's seed).
     """
 
     def __init__(
@@ -357,6 +443,8 @@ class RoundMachine:
         first_round: int = 1,
         median_norm: float | None = None,
         reference_metrics: Mapping[str, float] | None = None,
+        privacy_spent: Sequence[DpRound] = (),
+        noise: np.random.Generator | None = None,
     ) -> None:
         if not global_state:
             raise ConfigError("the initial global state is empty: there is nothing to train")
@@ -379,6 +467,21 @@ class RoundMachine:
         """The round awaiting its evaluation."""
         self._proposed: dict[str, torch.Tensor] | None = None
         """Its new global state, while the accuracy guard has not judged it."""
+        privacy = rules.privacy
+        if privacy.secure_aggregation:
+            per_round = self.strategy.clients_per_round
+            if per_round > MAX_SECAGG_CLIENTS:
+                raise ConfigError(f"federation.clients_per_round={per_round}: secure "
+                                  f"aggregation runs rounds of at most {MAX_SECAGG_CLIENTS} "
+                                  "clients")
+            self._masking_params(per_round)
+        self.accountant: Accountant | None = None
+        """ε spent so far, with differential privacy."""
+        if privacy.differential:
+            require_accountant()
+            self.accountant = Accountant(privacy.delta, privacy.sampling_amplification,
+                                         privacy_spent)
+        self._noise = noise if noise is not None else noise_rng()
 
     @property
     def min_clients(self) -> int:
@@ -391,6 +494,28 @@ class RoundMachine:
         encoded = encode_tensors(self.global_state, self.rules.update_encoding)
         return len(encoded) + 64 * len(self.global_state) + 1024
 
+    def max_masked_bytes(self) -> int:
+        """The largest ``masked_input`` payload worth reading (0 without secure aggregation):
+        4 bytes a value of :func:`lpfl.secagg.vector_length`, plus its safetensors header."""
+        if not self.rules.privacy.secure_aggregation:
+            return 0
+        return 4 * secagg.vector_length(self.global_state) + 1024
+
+    def _masking_params(self, sampled: int) -> wire.MaskingParams:
+        """The secure-aggregation rules of an attempt that sampled ``sampled`` clients."""
+        privacy, rules = self.rules.privacy, self.rules
+        weight = 1 if privacy.differential else privacy.max_weight
+        threshold = privacy.threshold_for(sampled)
+        try:
+            bits = secagg.scale_bits(max(sampled, 2), weight, privacy.clip_range)
+        except ValueError as exc:
+            raise ConfigError(f"server.round.privacy: {exc}; lower clip-range or "
+                              "max-weight") from None
+        clip_norm = rules.clip_norm if rules.clip is ClipMode.ABSOLUTE else 0.0
+        noise = privacy.sum_noise_std(clip_norm) / math.sqrt(threshold) \
+            if privacy.differential else 0.0
+        return wire.MaskingParams(threshold, bits, privacy.clip_range, weight, clip_norm, noise)
+
     def handle(self, event: Event) -> list[Action]:
         """Apply one event; return the actions it causes, to be carried out in order."""
         match event:
@@ -401,22 +526,26 @@ class RoundMachine:
                 return self._settle(client_id, ClientOutcome(ClientStatus.DROPPED))
             case UpdateReceived(update):
                 return self._update(update)
+            case SecAggReceived(message):
+                return self._secagg(message)
             case ClientFailed(error):
                 return self._failed(error)
             case ClientRefused(client_id, code, reason):
                 return self._settle(client_id, ClientOutcome(ClientStatus.REJECTED, code=code,
                                                              reason=reason))
-            case DeadlinePassed(round_number, attempt):
-                return self._deadline(round_number, attempt)
+            case DeadlinePassed(round_number, attempt, stage):
+                return self._deadline(round_number, attempt, stage)
             case RoundEvaluated(round_number, metrics):
                 return self._evaluated(round_number, metrics)
             case RoundRecorded(round_number):
                 return self._recorded(round_number)
         raise TypeError(f"not a protocol event: {event!r}")
 
-    def screen_update(self, client_id: str, round_number: int) -> wire.Error | None:
-        """The error to send if an update for ``round_number`` from ``client_id`` is refused now,
-        or ``None`` if it would be considered."""
+    def screen_update(self, client_id: str, round_number: int,
+                      message_type: str | None = None) -> wire.Error | None:
+        """The error to send if a reply for ``round_number`` from ``client_id`` is refused now,
+        or ``None`` if it would be considered; with ``message_type``, also if the round expects
+        another type now (an ``update``, or the secure-aggregation step's message)."""
         current = self._current
         if round_number < self.round:
             return self._error(client_id, wire.E_STALE_ROUND,
@@ -436,7 +565,20 @@ class RoundMachine:
         if client_id not in current.pending:
             return self._error(client_id, wire.E_DUPLICATE_UPDATE,
                                f"client {client_id} already replied in round {round_number}")
+        expected = _EXPECTED[current.stage] if current.masked is not None else wire.UPDATE
+        if message_type is not None and message_type != expected:
+            return self._error(client_id, wire.E_UNEXPECTED,
+                               f"round {round_number} expects {expected} from {client_id} now, "
+                               f"not {message_type}")
         return None
+
+    def _refused(self, client_id: str, refusal: wire.Error) -> list[Action]:
+        """Send a screening refusal; a message of the wrong type ends the client's turn."""
+        actions: list[Action] = [Send(client_id, refusal)]
+        if refusal.code == wire.E_UNEXPECTED:
+            actions += self._settle(client_id, ClientOutcome(
+                ClientStatus.REJECTED, code=refusal.code, reason=refusal.reason))
+        return actions
 
     def _error(self, client_id: str, code: str, reason: str) -> wire.Error:
         return wire.Error.of(self.round, client_id, code, reason)
@@ -459,25 +601,48 @@ class RoundMachine:
                         len(self.clients), self.min_clients)
             return []
         plan = self.strategy.configure(self.round, sorted(self.clients))
+        release = None
+        if self.accountant is not None:
+            release = DpRound(self.rules.privacy.noise_multiplier, len(self.clients), len(plan))
+            budget = self.rules.privacy.epsilon_budget
+            then = self.accountant.epsilon(release)
+            if budget and then > budget:
+                return self._budget_spent(then)
+        params = (self._masking_params(len(plan)) if self.rules.privacy.secure_aggregation
+                  else None)
         payload = encode_tensors(self.global_state, self.rules.task_encoding)
         self._current = _Round(self.round, self.attempt, frozenset(plan), set(plan),
-                               self.strategy.start_aggregation())
+                               self.strategy.start_aggregation(), release=release)
+        if params is not None:
+            self._current.masked = secagg.MaskedSum(
+                self.round, params, secagg.vector_length(self.global_state))
         self.phase = Phase.TRAINING
         logger.info("round %d (attempt %d) starts with %s", self.round, self.attempt,
                     ", ".join(sorted(plan)))
         actions: list[Action] = [
             Send(cid, wire.Task(self.round, cid, payload, settings, self.rules.update_encoding,
-                                self.rules.deadline_s))
+                                self.rules.deadline_s, params))
             for cid, settings in plan.items()
         ]
         actions.append(StartTimer(self.round, self.attempt, self.rules.deadline_s))
         return actions
 
+    def _budget_spent(self, then: float) -> list[Action]:
+        """End the run before a round that would spend past the privacy budget."""
+        assert self.accountant is not None
+        privacy = self.rules.privacy
+        reason = (f"the privacy budget is spent: round {self.round} would take ε from "
+                  f"{self.accountant.epsilon():.4g} to {then:.4g}, past epsilon_budget="
+                  f"{privacy.epsilon_budget:g} (δ={privacy.delta:g})")
+        logger.warning("%s; the run ends after round %d", reason, self.round - 1)
+        self.phase = Phase.FINISHED
+        return [*self._goodbye(reason), RunFinished(self.global_state, reason)]
+
     def _update(self, update: wire.Update) -> list[Action]:
         cid = update.client_id
-        refusal = self.screen_update(cid, update.round)
+        refusal = self.screen_update(cid, update.round, wire.UPDATE)
         if refusal is not None:
-            return [Send(cid, refusal)]
+            return self._refused(cid, refusal)
         assert self._current is not None
         try:
             outcome = self._fold(update, self._current.acc)
@@ -501,8 +666,10 @@ class RoundMachine:
         clipped = bound is not None and norm > bound
         if bound is not None and clipped:
             state = clip_delta(state, self.global_state, norm, bound)
-        self.strategy.fold(acc, ClientUpdate(update.client_id, state, update.num_examples,
-                                             update.metrics))
+        # Differential privacy averages with equal weights: an example count would scale one
+        # client's influence past the clip bound.
+        weight = 1 if self.rules.privacy.differential else update.num_examples
+        self.strategy.fold(acc, ClientUpdate(update.client_id, state, weight, update.metrics))
         return ClientOutcome(ClientStatus.UPDATED, update.num_examples, dict(update.metrics),
                              norm, clipped)
 
@@ -515,14 +682,86 @@ class RoundMachine:
                 return self.rules.norm_multiplier * self.median_norm
         return None
 
-    def _settle(self, client_id: str, outcome: ClientOutcome) -> list[Action]:
-        """Record the reply (or silence) of a pending client; close the round if none is left."""
+    def _settle(self, client_id: str, outcome: ClientOutcome | None) -> list[Action]:
+        """Record the reply (or silence) of a pending client, unless its update is already in
+        the round (a secure-aggregation survivor's later steps); move on if none is left."""
         current = self._current
         if current is None or client_id not in current.pending:
             return []
         current.pending.discard(client_id)
-        current.outcomes[client_id] = outcome
-        return [] if current.pending else self._close()
+        known = current.outcomes.get(client_id)
+        if outcome is not None and not (known is not None and known.status.accepted):
+            current.outcomes[client_id] = outcome
+        return [] if current.pending else self._advance()
+
+    def _secagg(self, message: wire.Message) -> list[Action]:
+        """One client's message of the secure-aggregation step in progress."""
+        cid = message.client_id
+        refusal = self.screen_update(cid, message.round, message.TYPE)
+        if refusal is not None:
+            return self._refused(cid, refusal)
+        current = self._current
+        assert current is not None and current.masked is not None
+        outcome = None
+        try:
+            match message:
+                case wire.AdvertiseKeys():
+                    current.masked.add_keys(message)
+                case wire.ShareKeys():
+                    current.masked.add_shares(message)
+                case wire.MaskedInput():
+                    current.masked.add_input(message)
+                    outcome = ClientOutcome(ClientStatus.UPDATED, metrics=dict(message.metrics),
+                                            masked=True)
+                case wire.UnmaskShares():
+                    current.masked.add_revealed(message)
+        except secagg.SecAggError as exc:
+            logger.warning("round %d: %s from %s refused: %s", message.round, message.TYPE, cid,
+                           exc)
+            error = self._error(cid, wire.E_INVALID_UPDATE, str(exc))
+            return [Send(cid, error), *self._settle(cid, ClientOutcome(
+                ClientStatus.REJECTED, code=error.code, reason=error.reason))]
+        return self._settle(cid, outcome)
+
+    def _advance(self) -> list[Action]:
+        """Every participant of the step in progress replied (or is out): go to the next
+        secure-aggregation step, or close the round."""
+        current = self._current
+        assert current is not None
+        masked = current.masked
+        if masked is None:
+            return self._close()
+        threshold = masked.params.threshold
+        messages: Sequence[wire.Message]
+        match current.stage:
+            case 0:
+                have, what, messages = len(masked.keys), "advertised keys", masked.key_messages()
+            case 1:
+                messages = masked.share_messages()
+                have, what = len(masked.sharers), "shared keys"
+            case 2:
+                threshold = max(threshold, self.rules.min_updates)
+                have, what, messages = len(masked.inputs), "sent masked inputs", \
+                    masked.unmask_messages()
+            case _:
+                try:
+                    unmasked = masked.result()
+                except secagg.SecAggError as exc:
+                    return self._fail(current, dict(sorted(current.outcomes.items())),
+                                      f"round {current.number} attempt {current.attempt} could "
+                                      f"not be unmasked: {exc}")
+                return self._close(unmasked)
+        if have < threshold:
+            return self._fail(current, dict(sorted(current.outcomes.items())),
+                              f"round {current.number} attempt {current.attempt}: {have} "
+                              f"clients {what}, fewer than the {threshold} needed")
+        current.stage += 1
+        current.pending = {m.client_id for m in messages}
+        self.phase = _STAGE_PHASES[current.stage]
+        logger.info("round %d: %d clients %s; %s", current.number, have, what, self.phase.value)
+        deadline = self.rules.privacy.phase_deadline_s
+        return [*(Send(m.client_id, m) for m in messages),
+                StartTimer(current.number, current.attempt, deadline, current.stage)]
 
     def _failed(self, error: wire.Error) -> list[Action]:
         """A client's error counts as its reply only if it says its training failed in the
@@ -536,28 +775,43 @@ class RoundMachine:
         return self._settle(error.client_id, ClientOutcome(ClientStatus.FAILED, code=error.code,
                                                            reason=error.reason))
 
-    def _deadline(self, round_number: int, attempt: int) -> list[Action]:
+    def _deadline(self, round_number: int, attempt: int, stage: int = 0) -> list[Action]:
         current = self._current
-        if current is None or (current.number, current.attempt) != (round_number, attempt):
+        if current is None or (current.number, current.attempt, current.stage) != (
+                round_number, attempt, stage):
             return []
         logger.info("round %d deadline passed; no reply from %s", round_number,
                     ", ".join(sorted(current.pending)))
         for cid in current.pending:
-            current.outcomes[cid] = ClientOutcome(ClientStatus.TIMED_OUT)
+            known = current.outcomes.get(cid)
+            if known is None or not known.status.accepted:
+                current.outcomes[cid] = ClientOutcome(ClientStatus.TIMED_OUT)
         current.pending.clear()
-        return self._close()
+        return self._advance()
 
-    def _close(self) -> list[Action]:
+    def _close(self, unmasked: secagg.Unmasked | None = None) -> list[Action]:
         current = self._current
         assert current is not None
         self._current = None
         outcomes = dict(sorted(current.outcomes.items()))
-        norms = [o.update_norm for o in outcomes.values() if o.status is ClientStatus.UPDATED]
+        norms = [o.update_norm for o in outcomes.values()
+                 if o.status is ClientStatus.UPDATED and not o.masked]
         if norms:
             self.median_norm = statistics.median(norms)
-        if current.acc.count < self.rules.min_updates:
-            return self._fail(current, outcomes)
-        proposed = current.acc.result()
+        if unmasked is not None:
+            count = sum(o.status is ClientStatus.UPDATED for o in outcomes.values())
+            proposed = unmasked.mean_state(self.global_state)
+        else:
+            count = current.acc.count
+            if count < self.rules.min_updates:
+                return self._fail(current, outcomes)
+            proposed = self._noised(current.acc.result(), count)
+        privacy: dict[str, float] = {}
+        if self.accountant is not None and current.release is not None:
+            self.accountant.spend(current.release)
+            privacy = current.release.to_dict(self.accountant.epsilon(), self.accountant.delta)
+            logger.info("round %d: ε = %.4g for δ = %g", current.number, privacy["epsilon"],
+                        self.accountant.delta)
         refused, bound = self._guard(proposed, norms)
         if refused:
             logger.warning("round %d: the aggregate is refused (%s); keeping the last good "
@@ -568,12 +822,24 @@ class RoundMachine:
         else:
             self.global_state = proposed
         self.phase = Phase.EVALUATING
-        logger.info("round %d closed with %d updates", current.number, current.acc.count)
+        logger.info("round %d closed with %d updates", current.number, count)
         self._closed = RoundClosed(current.number, current.attempt,
                                    self.global_state if self._proposed is None
                                    else self._proposed, outcomes,
-                                   _train_metrics(outcomes), refused)
+                                   _train_metrics(outcomes), refused, privacy)
         return [self._closed]
+
+    def _noised(self, mean: dict[str, torch.Tensor], count: int) -> dict[str, torch.Tensor]:
+        """With differential privacy, ``mean`` (of ``count`` clipped updates) plus the noise
+        of the sum divided by ``count``; ``mean`` itself otherwise."""
+        privacy = self.rules.privacy
+        if not privacy.differential:
+            return mean
+        std = privacy.sum_noise_std(self.rules.clip_norm) / count
+        return {name: (tensor.double() + torch.from_numpy(
+                    gaussian_noise(self._noise, tensor.numel(), std)).reshape(tensor.shape)
+                       ).to(torch.float32)
+                for name, tensor in mean.items()}
 
     def _evaluated(self, round_number: int, metrics: Mapping[str, float]) -> list[Action]:
         """Judge a proposed state by its evaluation; commit it or keep the last good one."""
@@ -595,7 +861,7 @@ class RoundMachine:
             self._proposed = None
         self.committed_metrics = evaluation
         return [RoundCommitted(closed.round, closed.attempt, self.global_state, outcomes,
-                               _train_metrics(outcomes), evaluation, refused)]
+                               _train_metrics(outcomes), evaluation, refused, closed.privacy)]
 
     def _accuracy_guard(self, metrics: Mapping[str, float]) -> str:
         """Why a proposed state evaluated as ``metrics`` must not be committed ("" if it may)."""
@@ -617,6 +883,8 @@ class RoundMachine:
         beyond the bound of each update); no bound when clipping is off."""
         if not all(bool(torch.isfinite(t).all()) for t in proposed.values()):
             return "the aggregate is not finite", math.inf
+        if self.rules.privacy.differential:
+            return "", math.inf  # the noise, not the updates, sets the step's norm
         match self.rules.clip:
             case ClipMode.ADAPTIVE:
                 bound = self.rules.norm_multiplier * statistics.median(norms)
@@ -629,9 +897,12 @@ class RoundMachine:
             return f"its step {step:.4g} exceeds the bound {bound:.4g}", bound
         return "", bound
 
-    def _fail(self, current: _Round, outcomes: Mapping[str, ClientOutcome]) -> list[Action]:
-        reason = (f"round {current.number} attempt {current.attempt} got {current.acc.count} "
-                  f"updates, fewer than min_updates={self.rules.min_updates}")
+    def _fail(self, current: _Round, outcomes: Mapping[str, ClientOutcome],
+              reason: str = "") -> list[Action]:
+        self._current = None
+        reason = reason or (f"round {current.number} attempt {current.attempt} got "
+                            f"{current.acc.count} updates, fewer than "
+                            f"min_updates={self.rules.min_updates}")
         logger.warning("%s", reason)
         actions: list[Action] = [RoundFailed(current.number, current.attempt, outcomes, reason)]
         if current.attempt >= self.rules.max_attempts:
@@ -663,6 +934,11 @@ class RoundMachine:
         return [Send(cid, wire.Bye(self.round, cid, reason)) for cid in sorted(self.clients)]
 
 
+_EXPECTED = (wire.ADVERTISE_KEYS, wire.SHARE_KEYS, wire.MASKED_INPUT, wire.UNMASK_SHARES)
+"""The message a secure-aggregation round expects from a client in each stage."""
+_STAGE_PHASES = (Phase.TRAINING, Phase.SHARING, Phase.MASKING, Phase.UNMASKING)
+
+
 def median_norm(norms: Sequence[float]) -> float | None:
     """The median of a round's accepted update norms; ``None`` if there are none.
     A resumed server gives it the last recorded round's norms."""
@@ -682,5 +958,5 @@ def _discarded(outcome: ClientOutcome, bound: float) -> ClientOutcome:
 def _train_metrics(outcomes: Mapping[str, ClientOutcome]) -> dict[str, float]:
     """The metrics of the updates a round committed, combined by the rule of
     :mod:`lpfl.metrics` (counts summed, the rest example-weighted)."""
-    return combine_client_metrics((o.num_examples, o.metrics) for o in outcomes.values()
+    return combine_client_metrics((o.metric_weight, o.metrics) for o in outcomes.values()
                                   if o.status is ClientStatus.UPDATED)

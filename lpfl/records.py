@@ -79,10 +79,12 @@ class ClientOutcome:
 
     An accepted update (:attr:`ClientStatus.accepted`) carries its ``num_examples`` (>= 1), its
     ``metrics``, ``update_norm`` (the L2 norm of its change from the global state, before
-    clipping) and whether it was ``clipped``; any other outcome carries none of these. A refused
-    turn (:attr:`ClientStatus.refused`) has the error ``code`` (of the refused message, or of
-    the client's own failure report); ``reason`` says why a turn was refused or failed, or why
-    an accepted update was discarded.
+    clipping) and whether it was ``clipped``; any other outcome carries none of these. A
+    ``masked`` update (secure aggregation) was only ever seen summed with the others: it
+    carries its metrics, but no ``num_examples``, norm or clipping, which the server never
+    learns. A refused turn (:attr:`ClientStatus.refused`) has the error ``code`` (of the
+    refused message, or of the client's own failure report); ``reason`` says why a turn was
+    refused or failed, or why an accepted update was discarded.
     """
 
     status: ClientStatus
@@ -92,6 +94,7 @@ class ClientOutcome:
     clipped: bool = False
     code: str = ""
     reason: str = ""
+    masked: bool = False
 
     def __post_init__(self) -> None:
         _require(isinstance(self.status, ClientStatus),
@@ -100,7 +103,13 @@ class ClientOutcome:
         _require(isinstance(self.update_norm, int | float) and 0 <= self.update_norm < math.inf,
                  f"update_norm {self.update_norm!r} must be a finite number >= 0")
         _check_numbers(self.metrics, "metrics")
-        if self.status.accepted:
+        _require(not self.masked or self.status.accepted,
+                 f"a {self.status} outcome has no update, masked or not")
+        if self.masked:
+            _require(self.num_examples == 0 and self.update_norm == 0 and not self.clipped,
+                     "a masked update's num_examples, norm and clipping are unknown: leave "
+                     "them 0")
+        elif self.status.accepted:
             _require(self.num_examples >= 1, f"an {self.status} outcome needs num_examples >= 1, "
                      f"got {self.num_examples}")
         else:
@@ -111,6 +120,12 @@ class ClientOutcome:
         _require(bool(self.code) == self.status.refused,
                  f"a {self.status} outcome {'needs' if self.status.refused else 'has no'} "
                  f"error code (got {self.code!r})")
+
+    @property
+    def metric_weight(self) -> int:
+        """The weight of this client's metrics when a round's are combined
+        (:mod:`lpfl.metrics`): its ``num_examples``, or 1 for a masked update."""
+        return 1 if self.masked else self.num_examples
 
 
 @dataclass(frozen=True)
@@ -166,7 +181,7 @@ class ClientRecord:
                 "num_examples": o.num_examples, "metrics": dict(o.metrics),
                 "update_norm": o.update_norm, "clipped": o.clipped, "code": o.code,
                 **asdict(self.traffic), "capabilities": dict(self.capabilities),
-                "reason": o.reason}
+                "reason": o.reason} | ({"masked": True} if o.masked else {})
 
     @classmethod
     def from_dict(cls, document: Mapping[str, Any]) -> ClientRecord:
@@ -175,7 +190,7 @@ class ClientRecord:
             ClientStatus(document["status"]), document.get("num_examples", 0),
             dict(document.get("metrics", {})), document.get("update_norm", 0.0),
             document.get("clipped", False), document.get("code", ""),
-            document.get("reason", ""))
+            document.get("reason", ""), document.get("masked", False))
         traffic = Traffic(**{name: document.get(name, 0) for name in _TRAFFIC_KEYS})
         return cls(document["client_id"], outcome, traffic,
                    dict(document.get("capabilities", {})))
@@ -200,6 +215,10 @@ class RoundRecord:
     """Why a guard (norm or accuracy) refused the round's aggregate and kept the previous global
     state (its clients' updates are then ``discarded``, and :attr:`eval_metrics` are the kept
     state's); empty when the new state was committed."""
+    privacy: Mapping[str, float] = field(default_factory=dict)
+    """With differential privacy: ``epsilon`` spent up to and including this round for
+    ``delta``, and the round's ``noise_multiplier``, ``population`` and ``sampled`` clients
+    (:class:`lpfl.privacy.DpRound`); empty otherwise."""
 
     def __post_init__(self) -> None:
         _require(_is_int(self.round) and self.round >= 0, f"round {self.round!r} must be >= 0")
@@ -209,6 +228,7 @@ class RoundRecord:
                  f"seconds {self.seconds!r} and eval_seconds {self.eval_seconds!r} must be >= 0")
         ids = [c.client_id for c in self.clients]
         _require(len(ids) == len(set(ids)), f"round {self.round} records a client twice: {ids}")
+        _check_numbers(self.privacy, "privacy")
 
     @property
     def traffic(self) -> Traffic:
@@ -222,7 +242,7 @@ class RoundRecord:
                 "train_metrics": dict(self.train_metrics),
                 "clients": [c.to_dict() for c in self.clients],
                 "eval_seconds": self.eval_seconds, "refused": self.refused,
-                **asdict(self.traffic)}
+                **asdict(self.traffic)} | ({"privacy": dict(self.privacy)} if self.privacy else {})
 
     @classmethod
     def from_dict(cls, document: Mapping[str, Any]) -> RoundRecord:
@@ -230,7 +250,8 @@ class RoundRecord:
         return cls(document["round"], document["attempts"], document["seconds"],
                    dict(document["eval_metrics"]), dict(document["train_metrics"]),
                    [ClientRecord.from_dict(c) for c in document["clients"]],
-                   document.get("eval_seconds", 0.0), document.get("refused", ""))
+                   document.get("eval_seconds", 0.0), document.get("refused", ""),
+                   dict(document.get("privacy", {})))
 
     def summary(self, wire: bool = False) -> dict[str, Any]:
         """The round as one flat row, what the simulation's ``results.json`` keeps and the
@@ -239,9 +260,9 @@ class RoundRecord:
         ``train_loss`` of the clients whose update was accepted (combined by the rule of
         :mod:`lpfl.metrics`; rates of counts pooled), which clients those were and which were
         clipped, ``refused`` and ``seconds``; with ``wire``, the bytes on the wire up and
-        down too."""
+        down too; with differential privacy, ``epsilon`` spent so far."""
         accepted = [c for c in self.clients if c.outcome.status.accepted]
-        combined = combine_client_metrics((c.outcome.num_examples, c.outcome.metrics)
+        combined = combine_client_metrics((c.outcome.metric_weight, c.outcome.metrics)
                                           for c in accepted)
         traffic = self.traffic
         return {
@@ -264,4 +285,5 @@ class RoundRecord:
             "refused": self.refused,
             "seconds": self.seconds,
         } | ({"wire_uplink_bytes": traffic.wire_uplink_bytes,
-              "wire_downlink_bytes": traffic.wire_downlink_bytes} if wire else {})
+              "wire_downlink_bytes": traffic.wire_downlink_bytes} if wire else {}) | (
+            {"epsilon": self.privacy["epsilon"]} if "epsilon" in self.privacy else {})

@@ -16,6 +16,11 @@ every task before the machine moves on, so deadlines never pass. An in-process t
 stops the run (in one process it is a bug, not a flaky device); an error a fleet reports counts
 as that client's failed reply, as does an update the machine refuses, and a run whose rounds
 keep failing raises :class:`RunAborted`.
+
+With secure aggregation the driver also plays each in-process client's side of the masking
+(:class:`lpfl.secagg.MaskingClient`): the machine sees only keys, sealed shares and masked
+inputs, as a websocket server would. A fleet behind another transport hands the driver plain
+updates, so secure aggregation runs only with :class:`InProcess` trainers.
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ from typing import Any, Protocol
 import torch
 
 from lpfl import protocol, wire
-from lpfl.errors import LpflError
+from lpfl.errors import ConfigError, LpflError
 from lpfl.records import RoundRecord, Traffic
+from lpfl.secagg import MaskingClient
 from lpfl.strategy import FedAvg
 from lpfl.tensors import decode_tensors, encode_tensors
 from lpfl.trainer_api import Trainer, TrainResult
@@ -122,6 +128,10 @@ def drive(strategy: FedAvg, initial_state: Mapping[str, torch.Tensor],
     ``on_round`` sees each recorded round. Returns the final global state; raises
     :class:`RunAborted` if the machine aborts the run."""
     fleet = InProcess(clients) if isinstance(clients, Mapping) else clients
+    if rules.privacy.secure_aggregation and not isinstance(fleet, InProcess):
+        raise ConfigError("server.round.privacy.secure-aggregation needs the clients to mask "
+                          f"their own updates: {type(fleet).__name__} hands plain updates to "
+                          "this process; use lpfl's websocket server or in-process trainers")
     members = fleet.members()
     reference = evaluate(0, initial_state) if rules.guards_accuracy else None
     machine = protocol.RoundMachine(strategy, initial_state,
@@ -133,6 +143,7 @@ def drive(strategy: FedAvg, initial_state: Mapping[str, torch.Tensor],
     traffic: dict[str, Traffic] = {}
     started: float | None = None
     received: tuple[bytes, dict[str, torch.Tensor]] | None = None
+    maskers: dict[str, MaskingClient] = {}
     while pending:
         action = pending.popleft()
         match action:
@@ -147,6 +158,16 @@ def drive(strategy: FedAvg, initial_state: Mapping[str, torch.Tensor],
                     if isinstance(outcome, (protocol.ClientFailed, protocol.ClientRefused)):
                         pending.extend(machine.handle(outcome))
                         continue
+                    if task.secure_aggregation is not None:
+                        maskers[cid] = MaskingClient(cid, task.round, task.secure_aggregation,
+                                                     received[1], outcome.state,
+                                                     outcome.num_examples, outcome.metrics)
+                        del outcome
+                        traffic[cid] = traffic.get(cid, Traffic()) + Traffic(
+                            payload_downlink_bytes=len(task.tensors))
+                        pending.extend(machine.handle(
+                            protocol.SecAggReceived(maskers[cid].advertise())))
+                        continue
                     payload = encode_tensors(outcome.state, task.update_encoding)
                     message = wire.Update(task.round, cid, payload, outcome.num_examples,
                                           dict(outcome.metrics))
@@ -155,13 +176,19 @@ def drive(strategy: FedAvg, initial_state: Mapping[str, torch.Tensor],
                         payload_uplink_bytes=len(payload),
                         payload_downlink_bytes=len(task.tensors))
                     pending.extend(machine.handle(protocol.UpdateReceived(message)))
+            case protocol.Send(cid, wire.PublicKeys() | wire.ShareKeys() | wire.Unmask() as asked):
+                reply = maskers[cid].respond(asked)
+                if isinstance(reply, wire.MaskedInput):
+                    traffic[cid] = traffic.get(cid, Traffic()) + Traffic(
+                        payload_uplink_bytes=len(reply.vector))
+                pending.extend(machine.handle(protocol.SecAggReceived(reply)))
             case protocol.RoundClosed(round=number, global_state=state):
                 metrics = evaluate(number, state)
                 pending.extend(machine.handle(protocol.RoundEvaluated(number, metrics)))
             case protocol.RoundCommitted():
                 seconds = time.perf_counter() - (started or time.perf_counter())
                 on_round(DrivenRound(action, traffic, seconds))
-                traffic, started, received = {}, None, None
+                traffic, started, received, maskers = {}, None, None, {}
                 pending.extend(machine.handle(protocol.RoundRecorded(action.round)))
             case protocol.RunFinished(global_state=state):
                 return dict(state)

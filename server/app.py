@@ -15,6 +15,8 @@ machine; this module only moves bytes and time:
 - turns messages, disconnects and timers into machine events, and carries out the machine's
   actions: messages go to a per-connection outbox drained by one writer task, so frames of two
   messages never interleave;
+- relays the secure-aggregation steps' messages (keys, sealed shares, masked inputs, revealed
+  shares) between the clients and the machine, which checks and sums them;
 - after each round: evaluates the new global state (in a thread) and hands the evaluation to the
   machine, which commits that state or keeps the last good one (``max-accuracy-drop``); writes
   the committed state's checkpoint atomically, hands the history to the results writer, and
@@ -42,6 +44,7 @@ from websockets.http11 import Request, Response
 
 from lpfl import protocol, transport, wire
 from lpfl.errors import ConfigError, LpflError
+from lpfl.privacy import DpRound
 from lpfl.records import RoundRecord, Traffic
 from lpfl.results import ResultsWriter
 from lpfl.server.auth import TokenAuthenticator
@@ -57,6 +60,8 @@ Evaluate = Callable[[int, Mapping[str, torch.Tensor]], Mapping[str, float]]
 split, say). Runs in a worker thread after each round."""
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
+_SECAGG_REPLIES = (wire.AdvertiseKeys, wire.ShareKeys, wire.MaskedInput, wire.UnmaskShares)
+"""What a client sends in the secure-aggregation steps."""
 _CLOSE_TIMEOUT_S = 5.0
 
 
@@ -152,7 +157,8 @@ class AggregatorServer:
     state, history, and this process's torch RNG state are restored); without it, an existing
     checkpoint is refused rather than overwritten. With ``max-accuracy-drop`` set, the initial
     state is evaluated first (on a resume, the last recorded evaluation is used): the accuracy
-    guard's first reference.
+    guard's first reference. With differential privacy, a resumed run's ε goes on from the
+    recorded rounds' (their ``privacy`` entries).
     """
 
     def __init__(
@@ -190,9 +196,11 @@ class AggregatorServer:
         if evaluation is None and settings.round.guards_accuracy:
             evaluation = evaluate(0, state)
             logger.info("initial global state: eval %s", dict(evaluation))
+        spent = [DpRound.from_dict(r.privacy) for r in self.history if r.privacy]
         self.machine = protocol.RoundMachine(strategy, state, settings.round, rounds, first_round,
-                                             reference, evaluation)
-        self._limits = {wire.UPDATE: self.machine.max_update_bytes()}
+                                             reference, evaluation, spent)
+        self._limits = {wire.UPDATE: self.machine.max_update_bytes(),
+                        wire.MASKED_INPUT: self.machine.max_masked_bytes()}
         self._authenticate = TokenAuthenticator(tokens)
         self._evaluate = evaluate
         self._results = results
@@ -332,6 +340,9 @@ class AggregatorServer:
             if isinstance(message, wire.Update):
                 self._count(session.client_id, Traffic(payload_uplink_bytes=len(message.tensors)))
                 self._apply(self.machine.handle(protocol.UpdateReceived(message)))
+            elif isinstance(message, _SECAGG_REPLIES):
+                self._count(session.client_id, Traffic(payload_uplink_bytes=len(message.payload)))
+                self._apply(self.machine.handle(protocol.SecAggReceived(message)))
             elif isinstance(message, wire.Error):
                 self._apply(self.machine.handle(protocol.ClientFailed(message)))
             elif isinstance(message, wire.Bye):
@@ -359,11 +370,15 @@ class AggregatorServer:
             if message is not None:
                 return message
             pending = session.reader.pending
-            assert pending is not None and pending.type == wire.UPDATE  # the only payload type
-            refusal = self.machine.screen_update(session.client_id, pending.round)
+            # the only payload types a server accepts
+            assert pending is not None and pending.type in (wire.UPDATE, wire.MASKED_INPUT)
+            refusal = self.machine.screen_update(session.client_id, pending.round, pending.type)
             if refusal is not None:
                 self._send(session, refusal)
                 session.reader.discard()
+                if refusal.code == wire.E_UNEXPECTED:  # the wrong reply ends the client's turn
+                    self._apply(self.machine.handle(protocol.ClientRefused(
+                        session.client_id, refusal.code, refusal.reason)))
             slot = self._upload_slots if refusal is None else contextlib.nullcontext()
             async with slot:
                 message = await self._rest(session)
@@ -451,21 +466,22 @@ class AggregatorServer:
                 if self._round_started is None:
                     self._round_started = time.monotonic()
                 self._timer = asyncio.get_running_loop().call_later(
-                    action.seconds, self._deadline, action.round, action.attempt)
+                    action.seconds, self._deadline, action.round, action.attempt, action.stage)
             elif isinstance(action, protocol.RoundClosed):
                 self._spawn(self._record(action))
             elif isinstance(action, protocol.RoundFailed):
                 logger.warning("%s; outcomes: %s", action.reason,
                                {c: str(o.status) for c, o in action.outcomes.items()})
             elif isinstance(action, protocol.RunFinished):
-                self._finish(RunOutcome(True, "finished", action.global_state, self.history))
+                self._finish(RunOutcome(True, action.reason or "finished", action.global_state,
+                                        self.history))
             elif isinstance(action, protocol.RunAborted):
                 self._finish(RunOutcome(False, action.reason, self.machine.global_state,
                                         self.history))
             # RoundCommitted answers the RoundEvaluated event that _record reports itself.
 
-    def _deadline(self, round_number: int, attempt: int) -> None:
-        self._apply(self.machine.handle(protocol.DeadlinePassed(round_number, attempt)))
+    def _deadline(self, round_number: int, attempt: int, stage: int) -> None:
+        self._apply(self.machine.handle(protocol.DeadlinePassed(round_number, attempt, stage)))
 
     def _finish(self, outcome: RunOutcome) -> None:
         if self._done is not None and not self._done.done():
