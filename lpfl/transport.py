@@ -21,6 +21,10 @@ the round rules in ``[server.round]``::
     max-accuracy-drop = 0.05        # refuse a new state 5 points less accurate than the last
     update-encoding = "fp16"
 
+    [server.round.privacy]          # off by default; lpfl.privacy, docs/privacy.md
+    secure-aggregation = false      # true: the server learns only the sum of a round's updates
+    noise-multiplier = 0.0          # > 0: differential privacy (needs clip = "absolute")
+
 :func:`load_server_config` reads both parts; ``--set server.port=9000`` style overrides work like
 the run config's.
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from typing import Any
 
 import dp_accounting as dp
@@ -20,6 +21,7 @@ from lpfl.records import ClientOutcome, ClientRecord, ClientStatus, RoundRecord
 from lpfl.rounds import DrivenRound, drive
 from lpfl.strategy import Aggregation, FedAvg
 from lpfl.tensors import encode_tensors
+from lpfl.transport import load_server_config
 from tests import fake_federation as ff
 
 CAPS = {"backend": "fake", "cpu_arch": "x86_64", "memory_bytes": 1, "runtime": {}}
@@ -188,3 +190,16 @@ def test_records_keep_masked_outcomes_and_privacy_through_json() -> None:
         ClientOutcome(ClientStatus.UPDATED, num_examples=3, masked=True)
     with pytest.raises(ValueError, match="no update, masked or not"):
         ClientOutcome(ClientStatus.DROPPED, masked=True)
+
+
+def test_the_run_file_sets_privacy_in_server_round_privacy(tmp_path: Path) -> None:
+    run = tmp_path / "run.toml"
+    run.write_text('[server.round]\nclip = "absolute"\nclip-norm = 1.0\nmin-updates = 2\n'
+                   "[server.round.privacy]\nsecure-aggregation = true\nnoise-multiplier = 0.9\n"
+                   "epsilon-budget = 8.0\n")
+    _, settings = load_server_config(run, ["server.round.privacy.delta=1e-6"])
+    assert settings.round.privacy == PrivacyRules(secure_aggregation=True, noise_multiplier=0.9,
+                                                  epsilon_budget=8.0, delta=1e-6)
+    assert settings.to_dict()["round"]["privacy"]["noise_multiplier"] == 0.9
+    with pytest.raises(ConfigError, match="aggregation='median' cannot run with secure"):
+        load_server_config(run, ['server.round.aggregation="median"'])
