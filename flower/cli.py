@@ -6,7 +6,9 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from lpfl.flower.launch import FlowerLaunch, Mode, launch_flower
+MODES = ("simulation", "deployment")
+"""The values of :class:`lpfl.flower.launch.Mode` (importing it loads torch, which ``lpfl
+--help`` should not wait for)."""
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -18,7 +20,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "and N SuperNode processes on loopback. Either way the lpfl Flower App is submitted "
         "with `flwr run`; results.json, report.md and the final global state land in --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("mode", choices=[m.value for m in Mode])
+    parser.add_argument("mode", choices=MODES)
     parser.add_argument("--config", type=Path, required=True, help="TOML run file")
     parser.add_argument("--clients", type=int, required=True,
                         help="clients (virtual or SuperNodes): the run file's data.num_clients")
@@ -41,6 +43,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lpfl.flower.launch import FlowerLaunch, Mode, launch_flower
+
     out = launch_flower(FlowerLaunch(args.config, Mode(args.mode), args.clients, args.out,
                                      args.method, args.seed, args.timeout_s,
                                      args.node_timeout_s, args.backend, args.artefact,

@@ -21,6 +21,7 @@ from flwr.serverapp import Grid, ServerApp
 from safetensors.torch import save_file
 
 from lpfl import wire
+from lpfl.adapter_folder import save_final_state
 from lpfl.errors import LpflError
 from lpfl.flower.messages import MessageError, read_hello, read_update, task_content
 from lpfl.flower.run_config import FlowerRun, final_state_path
@@ -122,6 +123,8 @@ def main(grid: Grid, context: Context) -> None:
     run.update(transport="flower", capabilities=fleet.capabilities)
     flower_run.out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(final_state_path(flower_run)))
+    folder = flower_run.out / "adapters" / f"{flower_run.method}-seed{flower_run.seed}"
+    log.info("%s", save_final_state(folder, config, flower_run.method, flower_run.seed, state))
     results = ResultsFile(flower_run.out / "results.json", config.to_dict())
     results.require_same_config()
     results.add(run)

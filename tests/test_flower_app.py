@@ -72,6 +72,8 @@ def test_a_flower_simulation_ends_with_the_adapter_lpfl_simulate_computes(tmp_pa
     assert run["rounds"][1]["soft_labels_added"] == record["rounds"][1]["soft_labels_added"] > 0
     assert run["final_accuracy"] == record["final_accuracy"]
     assert (out / "report.md").is_file()
+    kept = load_file(str(out / "adapters" / "lp-fl-seed0" / "adapter_model.safetensors"))
+    assert len(kept) == len(state)  # the PEFT adapter folder every run keeps
 
 
 def _port_closed(log: Path) -> bool:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from flwr.app import ConfigRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from lpfl.errors import ConfigError
 from lpfl.flower.messages import (
@@ -36,7 +36,9 @@ def test_a_task_carries_lpfls_payload_round_settings_and_update_encoding() -> No
     for name, tensor in decode_tensors(payload).items():
         assert torch.equal(task.state[name], tensor)
     # the payload is carried byte for byte: Flower adds only its framing
-    assert content[ARRAYS][PAYLOAD].numpy().tobytes() == payload
+    arrays = content[ARRAYS]
+    assert isinstance(arrays, ArrayRecord)
+    assert arrays[PAYLOAD].numpy().tobytes() == payload
 
 
 @pytest.mark.parametrize("encoding", ["fp32", "fp16", "int8"])
@@ -75,3 +77,10 @@ def test_the_run_config_names_a_run_file_and_a_federated_method(tmp_path: Path) 
         FlowerRun.from_run_config({"config": "run.toml", "method": "fedprox"})
     with pytest.raises(ConfigError, match="no such run file"):
         FlowerRun(config=tmp_path / "missing.toml").load()
+
+
+def test_the_command_offers_every_launch_mode() -> None:
+    from lpfl.flower.cli import MODES
+    from lpfl.flower.launch import Mode
+
+    assert tuple(m.value for m in Mode) == MODES
