@@ -161,17 +161,18 @@ class RoundRules:
              f"task_encoding={self.task_encoding!r}: use one of {', '.join(ENCODINGS)}"),
             (self.update_encoding in ENCODINGS,
              f"update_encoding={self.update_encoding!r}: use one of {', '.join(ENCODINGS)}"),
+            *self._privacy_checks(),
         )
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"server.round.{message}")
-        self._check_privacy()
 
-    def _check_privacy(self) -> None:
+    def _privacy_checks(self) -> tuple[tuple[bool, str], ...]:
+        """What secure aggregation and differential privacy need of the other rules."""
         privacy = self.privacy
         wanted = [name for name, on in (("secure aggregation", privacy.secure_aggregation),
                                          ("differential privacy", privacy.differential)) if on]
-        checks = (
+        return (
             (not wanted or self.aggregation is Aggregation.FEDAVG,
              f"aggregation={self.aggregation.value!r} cannot run with {' and '.join(wanted)}: "
              "a robust rule needs every single update, which secure aggregation hides and "
@@ -187,9 +188,6 @@ class RoundRules:
              f"clip={self.clip.value!r}: differential privacy needs clip = \"absolute\" with "
              "clip-norm > 0, the bound every update is clipped to"),
         )
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(f"server.round.{message}")
 
     @property
     def guards_accuracy(self) -> bool:
