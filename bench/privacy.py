@@ -175,9 +175,9 @@ def masked_round(reference: dict[str, torch.Tensor], n: int,
     result, seconds = timed(server.result)
     server_seconds += seconds
     assert result.total_weight == 32 * (n - drop)
-    shares = secagg.split_secret(bytes(32), params.threshold, n)
+    pieces = secagg.split_secret(bytes(32), params.threshold, n)
     _, combine_seconds = timed(lambda: secagg.combine_secret(
-        {i + 1: share for i, share in enumerate(shares)}, params.threshold))
+        {i + 1: piece for i, piece in enumerate(pieces)}, params.threshold))
     through = ids[drop:]
     return {"uplink_bytes": statistics.mean(up[c] for c in through),
             "downlink_bytes": statistics.mean(down[c] for c in through),
