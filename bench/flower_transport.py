@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/flower_transport.py --out bench/results/flower \
+    python bench/flower_transport.py --out bench/results/flower [--work runs/flower-bench] \
         [--encodings fp32,fp16,int8] [--virtual 10,100,1000] [--skip-transport]
 
 Two parts, both with real processes on loopback:
@@ -20,7 +20,8 @@ Two parts, both with real processes on loopback:
   ClientApp actors and Ray's daemons).
 
 Times are wall-clock on this machine and depend on its load: ``results.json`` records the load
-average next to the CPU.
+average next to the CPU. The runs themselves (run files, logs, adapters) go to ``--work``;
+``--out`` gets ``results.json`` and ``report.md``.
 """
 
 from __future__ import annotations
@@ -146,11 +147,11 @@ def flower_run(run_file: Path, out: Path) -> dict[str, Any]:
 def transport(out: Path, encodings: Sequence[str]) -> list[dict[str, Any]]:
     rows = []
     for encoding in encodings:
-        run_file = _write(out / "runs" / f"transport-{encoding}.toml",
+        run_file = _write(out / f"transport-{encoding}.toml",
                           TRANSPORT_RUN.format(encoding=encoding))
         for name, run in (("websockets", websocket_run), ("flower", flower_run)):
             print(f"transport: {name}, {encoding} updates", flush=True)
-            measured = run(run_file, out / "runs" / f"{name}-{encoding}")
+            measured = run(run_file, out / f"{name}-{encoding}")
             rows.append({"transport": name, "encoding": encoding, **measured})
     return rows
 
@@ -205,9 +206,9 @@ def memory(out: Path, sizes: Sequence[int]) -> list[dict[str, Any]]:
     for clients in sizes:
         print(f"memory: {clients} virtual clients", flush=True)
         shots = max(8, (clients + 1) // 2)
-        run_file = _write(out / "runs" / f"memory-{clients}.toml",
+        run_file = _write(out / f"memory-{clients}.toml",
                           MEMORY_RUN.format(shots=shots, clients=clients))
-        folder = out / "runs" / f"memory-{clients}"
+        folder = out / f"memory-{clients}"
         started = time.perf_counter()
         with TreeSampler() as sampler:
             launch_flower(FlowerLaunch(run_file, Mode.SIMULATION, clients, folder,
@@ -262,6 +263,7 @@ def report(results: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--work", type=Path, default=Path("runs/flower-bench"))
     parser.add_argument("--encodings", default="fp32,fp16,int8")
     parser.add_argument("--virtual", default="10,100,1000")
     parser.add_argument("--skip-transport", action="store_true")
@@ -273,9 +275,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "environment": environment(ModelSettings(source="smollm2")), "flwr": flwr.__version__,
         "load_average": [round(x, 2) for x in os.getloadavg()], "transport": [], "memory": []}
     if not args.skip_transport:
-        results["transport"] = transport(args.out, args.encodings.split(","))
+        results["transport"] = transport(args.work, args.encodings.split(","))
     if not args.skip_memory:
-        results["memory"] = memory(args.out, [int(n) for n in args.virtual.split(",")])
+        results["memory"] = memory(args.work, [int(n) for n in args.virtual.split(",")])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (args.out / "report.md").write_text(report(results))
