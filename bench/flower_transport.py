@@ -9,10 +9,11 @@ Two parts, both with real processes on loopback:
 
 * **transport** (SmolLM2-135M, LoRA r=8 on q_proj/v_proj, 2 clients, 2 rounds of one local step,
   no soft labels, evaluation on 20 test sentences), once per update encoding: ``lpfl launch``
-  (the websocket aggregator and two ``lpfl client`` processes; bytes counted by the server's
-  connections) and ``lpfl flower deployment`` (a SuperLink and two SuperNodes reaching it through
-  a counting TCP relay). Both carry the same lpfl payloads (the Flower app sends them as one
-  ``uint8`` array), so the difference is framing, polling and set-up. Reported per round: payload
+  (the websocket aggregator and two ``lpfl client`` processes over ``ws://``; bytes counted by the
+  server's connections) and ``lpfl flower deployment --insecure`` (a SuperLink and two SuperNodes
+  reaching it over plain HTTP through a counting TCP relay): no TLS on either side. Both carry
+  the same lpfl payloads (the Flower app sends them as one ``uint8`` array), so the difference
+  is framing, polling and set-up. Reported per round: payload
   bytes, bytes on the wire both ways, and the round time the server recorded.
 * **memory** (tiny-llama, one round, 10 sampled clients): ``lpfl flower simulation`` with N
   virtual clients; the resident memory of the SuperLink's process tree is sampled every 0.2 s
@@ -132,7 +133,7 @@ def websocket_run(run_file: Path, out: Path) -> dict[str, Any]:
 def flower_run(run_file: Path, out: Path) -> dict[str, Any]:
     """``lpfl flower deployment`` with 2 SuperNodes behind a counting relay."""
     counts: dict[str, int] = {}
-    launch_flower(FlowerLaunch(run_file, Mode.DEPLOYMENT, 2, out, timeout_s=1800),
+    launch_flower(FlowerLaunch(run_file, Mode.DEPLOYMENT, 2, out, timeout_s=1800, tls=False),
                   relay=lambda port: counting_relay(counts, port))
     (run,) = json.loads((out / "results.json").read_text())["runs"]
     rounds = run["rounds"]

@@ -31,6 +31,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                         help="the most the whole run may take")
     parser.add_argument("--node-timeout-s", type=float, default=600.0,
                         help="how long to wait for the nodes and for each round's replies")
+    parser.add_argument("--insecure", action="store_true",
+                        help="serve the SuperLink over plain HTTP instead of TLS with a "
+                             "self-signed certificate made for the run")
     parser.add_argument("--backend", default="eager",
                         choices=("eager", "executorch", "onnxruntime"),
                         help="where the SuperNodes' rounds run (deployment only)")
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     out = launch_flower(FlowerLaunch(args.config, Mode(args.mode), args.clients, args.out,
                                      args.method, args.seed, args.timeout_s,
-                                     args.node_timeout_s, args.backend, args.artefact,
-                                     args.eager_training))
+                                     args.node_timeout_s, not args.insecure, args.backend,
+                                     args.artefact, args.eager_training))
     print(f"wrote {out / 'results.json'} and {out / 'report.md'}")
     return 0

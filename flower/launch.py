@@ -33,6 +33,7 @@ from pathlib import Path
 from lpfl.backends import check_backend
 from lpfl.errors import ConfigError, LpflError
 from lpfl.flower.run_config import FlowerRun, final_state_path
+from lpfl.tls import make_self_signed_cert
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,10 @@ class FlowerLaunch:
     """How long the whole run may take."""
     node_timeout_s: float = 600.0
     """How long the ServerApp waits for the nodes to appear and for each round's replies."""
+    tls: bool = True
+    """Serve the SuperLink over TLS with a self-signed certificate made for the run (in
+    ``OUT/flower-home/tls``), which the SuperNodes and ``flwr run`` are told to trust; False
+    runs it insecure (plain HTTP on loopback)."""
     backend: str = "eager"
     """Where the SuperNodes' client rounds run (as ``lpfl client --backend``)."""
     artefact: Path | None = None
@@ -166,9 +171,18 @@ def flower_processes(launch: FlowerLaunch,
     home = (launch.out / "flower-home").resolve()
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    security = ["--insecure"]
+    trust = "insecure = true"
+    node_trust = ["--insecure"]
+    if launch.tls:
+        cert, key = make_self_signed_cert(home / "tls")
+        security = ["--ssl-certfile", str(cert), "--ssl-keyfile", str(key),
+                    "--ssl-ca-certfile", str(cert)]
+        trust = f'root-certificates = "{cert}"'
+        node_trust = ["--root-certificates", str(cert)]
     (home / "config.toml").write_text(
         f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-        f'address = "127.0.0.1:{port}"\ninsecure = true\n', encoding="utf-8")
+        f'address = "127.0.0.1:{port}"\n{trust}\n', encoding="utf-8")
     # Flower's processes start further Flower executables (flower-superexec) by name.
     path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     env = {**os.environ, "FLWR_HOME": str(home), "PATH": path}
@@ -176,7 +190,7 @@ def flower_processes(launch: FlowerLaunch,
     stack = contextlib.ExitStack()
     try:
         # One HTTP port serves the SuperLink's Control, Fleet and runtime APIs.
-        superlink = [_tool("flower-superlink"), "--insecure", "--isolation", "subprocess",
+        superlink = [_tool("flower-superlink"), *security, "--isolation", "subprocess",
                      "--disable-runtime-dependency-installation",
                      "--host", "127.0.0.1", "--port", str(port)]
         if launch.mode is Mode.SIMULATION:
@@ -187,7 +201,7 @@ def flower_processes(launch: FlowerLaunch,
             node_port = stack.enter_context(relay(port)) if relay is not None else port
             for index in range(launch.clients):
                 processes.start(f"supernode-{index}", [
-                    _tool("flower-supernode"), "--insecure", "--superlink",
+                    _tool("flower-supernode"), *node_trust, "--superlink",
                     f"127.0.0.1:{node_port}",
                     "--isolation", "subprocess", "--node-config", node_config(launch, index),
                     "--host", "127.0.0.1", "--port", str(free_port())])

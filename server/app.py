@@ -49,8 +49,8 @@ from lpfl.records import RoundRecord, Traffic
 from lpfl.results import ResultsWriter
 from lpfl.server.auth import TokenAuthenticator
 from lpfl.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from lpfl.server.tls import server_ssl_context
 from lpfl.strategy import FedAvg
+from lpfl.tls import server_ssl_context
 from lpfl.transport import ServerSettings
 
 logger = logging.getLogger(__name__)

@@ -28,8 +28,8 @@ from lpfl.config import RunConfig
 from lpfl.errors import LpflError
 from lpfl.results import JsonResultsWriter, ResultsWriter
 from lpfl.server.app import AggregatorServer, Evaluate, RunOutcome
-from lpfl.server.tls import make_self_signed_cert
 from lpfl.strategy import FedAvg
+from lpfl.tls import make_self_signed_cert
 from lpfl.tokens import load_tokens
 from lpfl.transport import ServerSettings, load_server_config
 

@@ -84,10 +84,10 @@ def _port_closed(log: Path) -> bool:
         return probe.connect_ex(("127.0.0.1", port)) != 0
 
 
-def test_supernodes_on_executorch_programs_train_lpfl_simulates_rounds_and_stop(
+def test_supernodes_on_executorch_programs_train_lpfl_simulates_rounds_over_tls_and_stop(
         tmp_path: Path) -> None:
-    """A deployment: a SuperLink and two SuperNode processes whose rounds run on the exported
-    ExecuTorch score and training programs; the adapter is the eager simulation's."""
+    """A deployment: a SuperLink and two SuperNode processes, over TLS, whose rounds run on the
+    exported ExecuTorch score and training programs; the adapter is the eager simulation's."""
     torch.set_num_threads(1)
     artefact, _, _ = exported("executorch-xnnpack")
     path = run_file(tmp_path)
@@ -110,6 +110,9 @@ def test_supernodes_on_executorch_programs_train_lpfl_simulates_rounds_and_stop(
     logs = out / "logs"
     assert {p.name for p in logs.iterdir()} >= {"superlink.log", "supernode-0.log",
                                                  "supernode-1.log", "flwr-run.log"}
+    # TLS by default: the SuperLink served the run's own certificate, not plain HTTP
+    assert (out / "flower-home" / "tls" / "cert.pem").is_file()
+    assert "insecure" not in (logs / "superlink.log").read_text().lower()
     assert _port_closed(logs / "superlink.log")
 
 

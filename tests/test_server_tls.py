@@ -11,7 +11,7 @@ import torch
 
 from lpfl.edge_client.connection import ClientError
 from lpfl.server.app import RunOutcome
-from lpfl.server.tls import make_self_signed_cert
+from lpfl.tls import make_self_signed_cert
 from lpfl.tokens import make_tokens
 from tests import fake_federation as ff
 

@@ -1,4 +1,5 @@
-"""TLS for ``wss://``: the server's SSL context and a self-signed certificate for local use."""
+"""TLS: the websocket server's SSL context, and a self-signed certificate for local runs (the
+websocket server's `--make-cert` and the Flower SuperLink of `lpfl flower`)."""
 
 from __future__ import annotations
 
