@@ -42,11 +42,10 @@ import torch
 
 from lpfl import secagg, wire
 from lpfl.aggregation import RunningWeightedSum
-from lpfl.benchmark import cpu_model
 from lpfl.privacy import Accountant, DpRound, PrivacyRules, gaussian_noise
 from lpfl.secagg import MaskedSum, MaskingClient
 from lpfl.tensors import decode_tensors, encode_tensors
-from lpfl.trainer_api import cpu_features
+from lpfl.trainer_api import cpu_features, cpu_model
 
 LAYERS, HIDDEN, KV, RANK = 30, 576, 192, 8
 """SmolLM2-135M's depth and q/v projection widths, and LP-FL's LoRA rank."""

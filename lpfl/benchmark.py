@@ -212,7 +212,7 @@ def environment(model: ModelSettings) -> dict[str, Any]:
     import transformers
 
     from lpfl.model.loading import source_fingerprint
-    from lpfl.trainer_api import cpu_features
+    from lpfl.trainer_api import cpu_features, cpu_model
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     return {"torch": torch.__version__, "transformers": transformers.__version__,
@@ -220,18 +220,6 @@ def environment(model: ModelSettings) -> dict[str, Any]:
             "machine": platform.machine(), "device": device, "cpu": cpu_model(),
             "cpu_features": cpu_features(), "cpu_count": os.cpu_count() or 0,
             "model": source_fingerprint(model)}
-
-
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
-            for line in info:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 Setting = tuple[int, str]  # (shots per class, partition)

@@ -158,6 +158,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from lpfl.compare import load_results, render_comparison
+
+    print(render_comparison(load_results(args.run_a), load_results(args.run_b)), end="")
+    return 0
+
+
 def _add_adapter_commands(sub: Any) -> None:
     """``lpfl predict`` and ``lpfl eval``: use the adapter folder a run wrote."""
     predict = sub.add_parser(
@@ -261,6 +268,15 @@ def build_parser() -> argparse.ArgumentParser:
     sim.set_defaults(func=cmd_simulate)
     _add_network_commands(sub)
     _add_adapter_commands(sub)
+    compare = sub.add_parser(
+        "compare", help="two runs side by side: config differences and outcomes",
+        description="Print the config keys on which two results differ and every run of either "
+        "by method and seed (final accuracy, rounds, uplink payload bytes, lpfl version and "
+        "commit). Each argument is an output folder or a results.json, of a simulation, a "
+        "benchmark or an aggregator.")
+    compare.add_argument("run_a", type=Path, metavar="RUN_A")
+    compare.add_argument("run_b", type=Path, metavar="RUN_B")
+    compare.set_defaults(func=cmd_compare)
     from lpfl.export import cli as export_cli
 
     export_cli.add_parser(sub)

@@ -9,6 +9,12 @@ adds its run to what is there. The aggregator keeps the rounds of its one run in
 (:class:`JsonResultsWriter`): ``{"meta": {...}, "rounds": [ {...}, ... ]}``, each round a
 :meth:`~lpfl.records.RoundRecord.to_dict`, rewritten after every round.
 
+Both carry where the results came from (:func:`lpfl.provenance.provenance`: lpfl's version and
+git commit, the command line, start and end times, library versions, the machine): each run of
+a :class:`ResultsFile` in its ``provenance`` (started when the file was opened, finished when the
+run was added), the aggregator's file in ``meta.provenance`` (finished at the last round).
+``lpfl compare`` reads both kinds.
+
 Every write goes to a temporary file that is fsynced and renamed over the old one, so a crash
 leaves either the old or the new file, never a torn one.
 """
@@ -24,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lpfl.errors import LpflError
+from lpfl.provenance import now, provenance
 from lpfl.records import RoundRecord
 
 
@@ -60,6 +67,7 @@ class ResultsFile:
         self.path = path
         self.config: dict[str, Any] = json.loads(json.dumps(config))  # as it will be stored
         self.runs: list[dict[str, Any]] = self._read()
+        self.started = now()
 
     def _read(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
@@ -84,7 +92,7 @@ class ResultsFile:
         stored = self.load_config(self.path)
         if stored == self.config:
             return
-        differing = _differences(stored, self.config)
+        differing = differences(stored, self.config)
         shown = "; ".join(differing[:4]) + (" …" if len(differing) > 4 else "")
         raise LpflError(f"{self.path} holds runs made with a different {what} ({shown}); "
                         "choose another --out, or delete the file to start over")
@@ -98,11 +106,13 @@ class ResultsFile:
         return any(all(run.get(k) == v for k, v in key.items()) for run in self.runs)
 
     def add(self, run: Mapping[str, Any]) -> None:
-        """Append ``run`` to the file (merging runs other processes added meanwhile)."""
+        """Append ``run`` to the file (merging runs other processes added meanwhile), with its
+        provenance unless it has one."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = {"provenance": provenance(self.started), **run}
         with (self.path.parent / (self.path.name + ".lock")).open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            self.runs = [*self._read(), dict(run)]
+            self.runs = [*self._read(), kept]
             write_json_atomic(self.path, {"config": self.config, "runs": self.runs})
 
 
@@ -116,23 +126,26 @@ class ResultsWriter(Protocol):
 class JsonResultsWriter:
     """Writes ``{"meta": ..., "rounds": [...]}`` to one JSON file, atomically, after each round.
 
-    ``meta`` is whatever the caller wants beside the rounds (the run config, say).
+    ``meta`` is whatever the caller wants beside the rounds (the run config, say), plus the
+    ``provenance`` of the run (started when the writer was made, finished at this write).
     """
 
     def __init__(self, path: str | Path, meta: Mapping[str, Any] | None = None) -> None:
         self.path = Path(path)
         self.meta = dict(meta or {})
+        self.started = now()
 
     def write(self, rounds: Sequence[RoundRecord]) -> None:
-        write_json_atomic(self.path, {"meta": self.meta, "rounds": [r.to_dict() for r in rounds]})
+        meta = {**self.meta, "provenance": provenance(self.started)}
+        write_json_atomic(self.path, {"meta": meta, "rounds": [r.to_dict() for r in rounds]})
 
 
-def _differences(old: Any, new: Any, where: str = "") -> list[str]:
+def differences(old: Any, new: Any, where: str = "") -> list[str]:
     """Dotted paths where two JSON-like values differ, with both values."""
     if isinstance(old, Mapping) and isinstance(new, Mapping):
         found = []
         for key in sorted(set(old) | set(new), key=str):
             path = f"{where}.{key}" if where else str(key)
-            found += _differences(old.get(key), new.get(key), path)
+            found += differences(old.get(key), new.get(key), path)
         return found
     return [] if old == new else [f"{where or 'config'}: {old!r} then, {new!r} now"]

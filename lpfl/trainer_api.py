@@ -88,6 +88,18 @@ def cpu_features() -> list[str]:
     return [f for f in INT8_FEATURES if f in flags]
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            for line in info:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_capabilities(backend: str, **runtime: str) -> dict[str, Any]:
     """This machine's capabilities for a hello: ``backend``, CPU architecture and int8-relevant
     features, physical memory, the process's peak memory so far (``peak_rss_bytes``: call it

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -108,3 +109,17 @@ def test_a_committed_round_records_idle_clients_and_sorts_them() -> None:
     assert record.clients[1].capabilities == {"backend": "torch"}
     assert record.traffic == Traffic(10, 20, 5, 0)
     assert (record.train_metrics, record.eval_seconds) == ({"train_loss": 1.0}, 0.5)
+
+
+def test_every_results_file_run_says_where_it_came_from(tmp_path: Path) -> None:
+    from lpfl.provenance import git_commit
+    from lpfl.results import ResultsFile
+
+    results = ResultsFile(tmp_path / "results.json", {"seed": 1})
+    results.add({"method": "lp-fl", "seed": 1})
+    results.add({"method": "lp-fl", "seed": 2, "provenance": {"kept": True}})
+    first, second = ResultsFile(tmp_path / "results.json", {"seed": 1}).runs
+    made = first["provenance"]
+    assert made["command"] and made["started"] <= made["finished"]
+    assert made["git_commit"] == git_commit()  # this checkout's commit, "" outside git
+    assert second["provenance"] == {"kept": True}  # a run's own provenance is kept

@@ -84,8 +84,12 @@ def test_results_writer_rewrites_the_whole_history(tmp_path: Path) -> None:
     writer.write([RECORD])
     writer.write([RECORD, RECORD])
     document = json.loads((tmp_path / "results.json").read_text())
-    assert document["meta"] == {"config": {"rounds": 2}}
+    meta = document["meta"]
+    assert meta["config"] == {"rounds": 2}
     assert len(document["rounds"]) == 2
+    made = meta["provenance"]
+    assert made["started"] <= made["finished"] and made["lpfl"] and made["machine"]["cpu_count"]
+    assert set(made["libraries"]) >= {"torch", "transformers", "peft"}
 
 
 def test_tokens_are_checked_and_files_are_validated(tmp_path: Path) -> None:
