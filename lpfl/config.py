@@ -189,6 +189,13 @@ class DataSettings:
     ``label_names`` names the classes in order (class ``i`` is the class of
     ``prompt.label_words[i]``), so data files may write ``positive`` instead of ``1``; integer
     labels are read either way. Empty: labels are class indices only.
+
+    ``test_file`` / ``validation_file`` (a ``.csv``/``.jsonl`` file with ``text`` and ``label``
+    columns, every row labeled) replace the split carved out of ``dataset``: the run evaluates on
+    the file, and ``test_size`` / ``validation_size`` carve nothing. Empty: carve the split.
+    When ``dataset`` is too small for the carved splits plus the training pool, the carved splits
+    shrink to at most 20 % (test) and 10 % (validation) of it, with a warning
+    (:func:`lpfl.data.federated.carved_sizes`).
     """
 
     dataset: str = "mr"
@@ -202,11 +209,19 @@ class DataSettings:
     partition: str = "iid"
     alpha: float = 0.5
     label_names: tuple[str, ...] = ()
+    test_file: str = ""
+    validation_file: str = ""
 
     def __post_init__(self) -> None:
         _require(self.test_size >= 1, f"data.test_size={self.test_size} must be >= 1")
-        _require(0 <= self.test_limit <= self.test_size,
+        _require(self.test_limit >= 0 and (bool(self.test_file)
+                                           or self.test_limit <= self.test_size),
                  f"data.test_limit={self.test_limit} must be between 0 and test_size")
+        for key in ("test_file", "validation_file"):
+            name = str(getattr(self, key))
+            _require(not name or Path(name).suffix.lower() in (".csv", ".jsonl"),
+                     f"data.{key}={name!r}: use a .csv file with a header row or a .jsonl file, "
+                     "with 'text' and 'label' columns")
         _require(self.validation_size >= 0, "data.validation_size must be >= 0")
         _require(self.shots_per_class >= 1,
                  f"data.shots_per_class={self.shots_per_class} must be >= 1")

@@ -35,7 +35,7 @@ import torch
 
 from lpfl.client_round import LocalClient
 from lpfl.config import ModelSettings, RunConfig
-from lpfl.data import FederatedData, build_federated_data, load_dataset
+from lpfl.data import FederatedData, build_federated_data, load_dataset, load_eval_file
 from lpfl.methods import lookup
 from lpfl.model.adapters import load_trainable_state, set_mode, trainable_state
 from lpfl.model.loading import BaseModel, load_base_model
@@ -255,6 +255,10 @@ def run_method(config: RunConfig, method: str, seed: int, data: FederatedData,
 
 
 def federated_data(config: RunConfig, seed: int) -> FederatedData:
-    """The run's data for ``seed``: fixed test split, seeded few-shot sample and partition."""
-    examples = load_dataset(config.data, config.prompt.num_classes)
-    return build_federated_data(config.data, examples, config.prompt.num_classes, seed)
+    """The run's data for ``seed``: fixed test split (or ``data.test_file``), validation set (or
+    ``data.validation_file``), seeded few-shot sample and partition."""
+    classes = config.prompt.num_classes
+    examples = load_dataset(config.data, classes)
+    return build_federated_data(config.data, examples, classes, seed,
+                                test=load_eval_file(config.data, "test_file", classes),
+                                validation=load_eval_file(config.data, "validation_file", classes))

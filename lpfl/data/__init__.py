@@ -4,7 +4,7 @@ partitioners that spread examples over federated clients."""
 from lpfl.data.corpora import ALL_DOMAINS, CORPORA, load_corpus
 from lpfl.data.examples import UNLABELED, Example
 from lpfl.data.federated import FederatedData, build_federated_data
-from lpfl.data.loading import load_dataset
+from lpfl.data.loading import load_dataset, load_eval_file
 from lpfl.data.partition import partition_dirichlet, partition_domain, partition_iid
 from lpfl.data.splits import SPLIT_SEED, Split, few_shot, fixed_split
 from lpfl.data.user_files import Labels, Row, load_device_file, load_user_file, read_rows
@@ -25,6 +25,7 @@ __all__ = [
     "load_corpus",
     "load_dataset",
     "load_device_file",
+    "load_eval_file",
     "load_user_file",
     "partition_dirichlet",
     "partition_domain",

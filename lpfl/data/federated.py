@@ -1,5 +1,5 @@
 """Turn one dataset into what a federated run needs: per-client labeled and unlabeled texts, a
-validation set and the fixed test set.
+validation set and the fixed test set (or the run's own test and validation files).
 
 The labeled budget (``shots_per_class`` per class) belongs to the whole federation, so the
 centralized baseline trains on exactly :meth:`FederatedData.all_labeled`. Every part is drawn by
@@ -31,6 +31,11 @@ logger = logging.getLogger(__name__)
 Parts = list[list[int]]
 """Positions in the source examples, one list per client."""
 
+TEST_PERCENT = 20
+"""The most of a too-small dataset the carved test split takes (see :func:`carved_sizes`)."""
+VALIDATION_PERCENT = 10
+"""The most of a too-small dataset the carved validation split takes."""
+
 
 @dataclass(frozen=True)
 class FederatedData:
@@ -54,9 +59,44 @@ class FederatedData:
         return [example for client in self.unlabeled for example in client]
 
 
+def carved_sizes(settings: DataSettings, size: int, num_classes: int, test_file: bool = False,
+                 validation_file: bool = False) -> tuple[int, int]:
+    """The test and validation sizes to carve out of a dataset of ``size`` examples.
+
+    ``settings.test_size`` and ``settings.validation_size`` (0 for a split read from its own
+    file) when they leave the training pool its labeled budget and unlabeled texts
+    (``shots_per_class * num_classes + unlabeled_per_client * num_clients``). Otherwise the
+    dataset is too small for them: the test split takes at most :data:`TEST_PERCENT` % of it
+    (at least 1 example) and validation at most :data:`VALIDATION_PERCENT` %, with a warning that
+    says what was used. A run that fits is never changed.
+    """
+    test = 0 if test_file else settings.test_size
+    validation = 0 if validation_file else settings.validation_size
+    training = (settings.shots_per_class * num_classes
+                + settings.unlabeled_per_client * settings.num_clients)
+    if test + validation + training <= size:
+        return test, validation
+    capped = (min(test, max(1, size * TEST_PERCENT // 100)),
+              min(validation, size * VALIDATION_PERCENT // 100))
+    if capped != (test, validation):
+        logger.warning("data.dataset=%r has %d examples, fewer than the %d test + %d validation + "
+                       "%d training examples the run asks for: carving a test split of %d (at most "
+                       "%d%% of the data) and a validation split of %d (at most %d%%); set "
+                       "data.test_size and data.validation_size, or data.test_file and "
+                       "data.validation_file, to choose", settings.dataset, size, test,
+                       validation, training, capped[0], TEST_PERCENT, capped[1],
+                       VALIDATION_PERCENT)
+    return capped
+
+
 def build_federated_data(settings: DataSettings, examples: Sequence[Example], num_classes: int,
-                         seed: int) -> FederatedData:
+                         seed: int, test: Sequence[Example] | None = None,
+                         validation: Sequence[Example] | None = None) -> FederatedData:
     """Split ``examples`` into test, validation and per-client labeled/unlabeled parts.
+
+    ``test`` / ``validation`` (e.g. read from ``data.test_file`` / ``data.validation_file``)
+    replace the split of that name: nothing is carved out of ``examples`` for it. The carved
+    sizes are :func:`carved_sizes`'s (the configured ones unless the dataset is too small).
 
     1. The test set is the fixed split (independent of ``seed``), cut to ``settings.test_limit``.
     2. The rest is shuffled with ``seed``; the first ``validation_size`` items are validation.
@@ -70,14 +110,22 @@ def build_federated_data(settings: DataSettings, examples: Sequence[Example], nu
        time, class by class, so clients get equal shares within one) and
        ``unlabeled_per_client`` unlabeled texts from the same domain.
     """
-    train, test = fixed_split_indices([example.label for example in examples], settings.test_size)
+    test_size, validation_size = carved_sizes(settings, len(examples), num_classes,
+                                              test is not None, validation is not None)
+    if test is None:
+        train, held_out = fixed_split_indices([example.label for example in examples], test_size)
+        test = [examples[i] for i in held_out]
+    else:
+        train = list(range(len(examples)))
     test = test[: settings.test_limit or None]
     rng = np.random.default_rng(seed)
     pool = rng.permutation(np.asarray(train, dtype=np.int64)).tolist()
-    if settings.validation_size >= len(pool):
-        raise DataError(f"data.validation_size={settings.validation_size} leaves no training "
-                        f"data: only {len(pool)} examples remain after the test split")
-    validation, pool = pool[: settings.validation_size], pool[settings.validation_size:]
+    if validation is None:
+        if validation_size >= len(pool):
+            raise DataError(f"data.validation_size={validation_size} leaves no training data: "
+                            f"only {len(pool)} examples remain after the test split")
+        validation = [examples[i] for i in pool[:validation_size]]
+        pool = pool[validation_size:]
     budget = settings.shots_per_class * num_classes
     if budget < settings.num_clients:
         raise DataError(f"{budget} labeled examples (data.shots_per_class="
@@ -92,8 +140,8 @@ def build_federated_data(settings: DataSettings, examples: Sequence[Example], nu
     data = FederatedData(
         labeled=tuple(tuple(examples[i] for i in part) for part in labeled),
         unlabeled=tuple(tuple(examples[i] for i in part) for part in unlabeled),
-        validation=tuple(examples[i] for i in validation),
-        test=tuple(examples[i] for i in test),
+        validation=tuple(validation),
+        test=tuple(test),
     )
     logger.info("federated data (%s, seed %d): labeled per client %s, unlabeled per client %s, "
                 "validation %d, test %d", settings.partition, seed,
@@ -110,7 +158,7 @@ def _by_label(settings: DataSettings, labels: Sequence[int], pool: list[int], nu
                                   "the training pool"))
     labeled = [item for position, item in enumerate(pool) if position in chosen]
     rest = [item for position, item in enumerate(pool) if position not in chosen]
-    unlabeled = _take(rest, settings.unlabeled_per_client * settings.num_clients, "the pool")
+    unlabeled = _take(rest, settings.unlabeled_per_client, settings.num_clients, "the pool")
     if settings.partition == "iid":
         return (_gather(labeled, partition_iid(len(labeled), settings.num_clients, rng)),
                 _gather(unlabeled, partition_iid(len(unlabeled), settings.num_clients, rng)))
@@ -137,14 +185,16 @@ def _by_domain(settings: DataSettings, examples: Sequence[Example], labels: Sequ
                                       rng, where))
         labeled.append([item for position, item in enumerate(client_pool) if position in chosen])
         rest = [item for position, item in enumerate(client_pool) if position not in chosen]
-        unlabeled.append(_take(rest, settings.unlabeled_per_client, where))
+        unlabeled.append(_take(rest, settings.unlabeled_per_client, 1, where))
     return labeled, unlabeled
 
 
-def _take(items: list[int], count: int, where: str) -> list[int]:
+def _take(items: list[int], per_client: int, clients: int, where: str) -> list[int]:
+    count = per_client * clients
     if count > len(items):
         raise DataError(f"{where} has {len(items)} unlabeled texts left but {count} are needed; "
-                        "lower data.unlabeled_per_client, data.num_clients or data.test_size")
+                        f"set data.unlabeled_per_client to at most {len(items) // clients}, or "
+                        "lower data.num_clients, data.test_size or data.validation_size")
     return items[:count]
 
 
