@@ -21,6 +21,7 @@ from lpfl.export.onnx_export import export_onnx, quantize_onnx
 from lpfl.export.parity import Parity, check, measure, parity_texts
 from lpfl.export.scoring_graph import MAX_BATCH, ScoringGraph, dynamic_shapes, example_inputs
 from lpfl.model.prompt import PromptModel
+from lpfl.progress import stages as progress_stages
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +54,16 @@ def build_score_program(config: ExportConfig, pm: PromptModel,
         return ScoreProgram(quantize_onnx(export_onnx(program, graph.lora_names, config.out),
                                           config.quant, config.group_size))
     scorer = ConstantLoraScorer(graph).eval()
-    module = stages.quantize(scorer, config.quant, config.group_size)
-    buckets = config.buckets(pm.max_length)
-    programs = stages.export_static(module, pm, config.batch, buckets)
-    path, data = stages.serialize(stages.lower(programs, config.target), config.out)
+    with progress_stages("score program", ("quantize", "export", "lower", "serialize")) as step:
+        step("quantize")
+        module = stages.quantize(scorer, config.quant, config.group_size)
+        buckets = config.buckets(pm.max_length)
+        step("export")
+        programs = stages.export_static(module, pm, config.batch, buckets)
+        step("lower")
+        lowered = stages.lower(programs, config.target)
+        step("serialize")
+        path, data = stages.serialize(lowered, config.out)
     return ScoreProgram(path, data, lora_keys(data.read_bytes(), scorer), config.batch, buckets)
 
 

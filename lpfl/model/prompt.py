@@ -19,6 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from lpfl.config import PromptSettings
 from lpfl.errors import ModelError
 from lpfl.model.loading import BaseModel
+from lpfl.progress import bar
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,9 @@ def score_in_length_order(encoder: PromptEncoder, texts: Sequence[str], batch_si
         return torch.empty(0, encoder.num_classes)
     lengths = [len(ids) for ids in encoder.tokenizer(encoder.prompts(texts))["input_ids"]]
     order = sorted(range(len(texts)), key=lengths.__getitem__)
+    starts = range(0, len(order), batch_size)
     chunks = [score_batch(encoder.encode([texts[i] for i in order[start : start + batch_size]]))
-              for start in range(0, len(order), batch_size)]
+              for start in bar(starts, len(starts), f"scoring {len(texts)} texts")]
     scores = torch.cat(chunks).float().cpu()
     out = torch.empty_like(scores)
     out[torch.tensor(order)] = scores
