@@ -34,6 +34,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--insecure", action="store_true",
                         help="serve the SuperLink over plain HTTP instead of TLS with a "
                              "self-signed certificate made for the run")
+    parser.add_argument("--no-node-auth", action="store_true",
+                        help="admit any SuperNode (by default each SuperNode gets a key pair "
+                             "whose public key is registered with the SuperLink)")
     parser.add_argument("--backend", default="eager",
                         choices=("eager", "executorch", "onnxruntime"),
                         help="where the SuperNodes' rounds run (deployment only)")
@@ -51,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     out = launch_flower(FlowerLaunch(args.config, Mode(args.mode), args.clients, args.out,
                                      args.method, args.seed, args.timeout_s,
                                      args.node_timeout_s, not args.insecure, args.backend,
-                                     args.artefact, args.eager_training))
+                                     args.artefact, args.eager_training,
+                                     not args.no_node_auth))
     print(f"wrote {out / 'results.json'} and {out / 'report.md'}")
     return 0

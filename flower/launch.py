@@ -24,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from importlib import resources
@@ -73,6 +73,9 @@ class FlowerLaunch:
     artefact: Path | None = None
     """The exported artefact a program backend runs (as ``lpfl client --artefact``)."""
     eager_training: bool = False
+    node_auth: bool = True
+    """In a deployment, the SuperLink admits only SuperNodes whose public keys were registered
+    for the run (a key pair made per node in ``OUT/flower-home/nodes``)."""
 
     def __post_init__(self) -> None:
         if self.backend != "eager" and self.mode is not Mode.DEPLOYMENT:
@@ -195,13 +198,19 @@ def flower_processes(launch: FlowerLaunch,
                      "--host", "127.0.0.1", "--port", str(port)]
         if launch.mode is Mode.SIMULATION:
             superlink.append("--simulation")
+        elif launch.node_auth:
+            superlink.append("--enable-supernode-auth")
         link = processes.start("superlink", superlink)
         _wait_for_port(port, link, "flower-superlink", processes.logs / "superlink.log")
         if launch.mode is Mode.DEPLOYMENT:
             node_port = stack.enter_context(relay(port)) if relay is not None else port
             for index in range(launch.clients):
+                identity: list[str] = []
+                if launch.node_auth:
+                    key = register_node(home / "nodes", index, env, processes.logs)
+                    identity = ["--auth-supernode-private-key", str(key)]
                 processes.start(f"supernode-{index}", [
-                    _tool("flower-supernode"), *node_trust, "--superlink",
+                    _tool("flower-supernode"), *node_trust, *identity, "--superlink",
                     f"127.0.0.1:{node_port}",
                     "--isolation", "subprocess", "--node-config", node_config(launch, index),
                     "--host", "127.0.0.1", "--port", str(free_port())])
@@ -209,6 +218,31 @@ def flower_processes(launch: FlowerLaunch,
     finally:
         processes.stop_all()
         stack.close()
+
+
+def register_node(folder: Path, index: int, env: Mapping[str, str], logs: Path) -> Path:
+    """Make SuperNode ``index``'s key pair (NIST P-384, OpenSSH format, as Flower's node
+    authentication asks) in ``folder``, register its public key with the running SuperLink
+    (``flwr supernode register``) and return the private key's path."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    private, public = folder / f"node-{index}.pem", folder / f"node-{index}.pub"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.OpenSSH,
+                                          serialization.NoEncryption()))
+    private.chmod(0o600)
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                     serialization.PublicFormat.OpenSSH))
+    with open(logs / f"register-{index}.log", "wb") as out:
+        done = subprocess.run([_tool("flwr"), "supernode", "register", str(public), CONNECTION],
+                              stdout=out, stderr=subprocess.STDOUT, env=dict(env), timeout=120)
+    if done.returncode != 0:
+        raise LaunchError(f"registering SuperNode {index}'s key failed; see "
+                          f"{logs / f'register-{index}.log'}")
+    return private
 
 
 def node_config(launch: FlowerLaunch, index: int) -> str:

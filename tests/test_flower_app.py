@@ -112,7 +112,12 @@ def test_supernodes_on_executorch_programs_train_lpfl_simulates_rounds_over_tls_
                                                  "supernode-1.log", "flwr-run.log"}
     # TLS by default: the SuperLink served the run's own certificate, not plain HTTP
     assert (out / "flower-home" / "tls" / "cert.pem").is_file()
-    assert "insecure" not in (logs / "superlink.log").read_text().lower()
+    link_log = (logs / "superlink.log").read_text()
+    assert "insecure" not in link_log.lower()
+    # node authentication: each SuperNode's key was registered and the SuperLink checks them
+    assert "authentication is disabled" not in link_log
+    assert all("registered successfully" in (logs / f"register-{i}.log").read_text()
+               for i in range(2))
     assert _port_closed(logs / "superlink.log")
 
 
