@@ -93,6 +93,13 @@ def _wait_for(path: Path, text: str, process: subprocess.Popen[bytes], timeout: 
     pytest.fail(f"no {text!r} within {timeout} s:\n{path.read_text()[-3000:]}")
 
 
+def _interruptible() -> None:
+    """Give the child the default SIGINT disposition: a test run started in the background of a
+    non-interactive shell inherits SIGINT ignored, and Python then never raises
+    KeyboardInterrupt (the user's terminal, which this test stands for, does not ignore it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_keeps_the_finished_runs_and_exits_130_without_a_traceback(
         tmp_path: Path) -> None:
     run_file = write_run_file(tmp_path / "run.toml", federation={"rounds": 200},
@@ -103,7 +110,7 @@ def test_ctrl_c_keeps_the_finished_runs_and_exits_130_without_a_traceback(
         process = subprocess.Popen(
             [sys.executable, "-m", "lpfl.cli", "simulate", "--config", str(run_file),
              "--out", str(out)], stdout=subprocess.DEVNULL, stderr=err,
-            env={**os.environ, "PYTHONWARNINGS": ""})
+            env={**os.environ, "PYTHONWARNINGS": ""}, preexec_fn=_interruptible)
         try:
             _wait_for(stderr, "[lp-fl seed 0] round 2/200", process, timeout=120)
             process.send_signal(signal.SIGINT)
