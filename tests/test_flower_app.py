@@ -15,42 +15,16 @@ from lpfl.errors import ConfigError
 from lpfl.flower.launch import FlowerLaunch, LaunchError, Mode, launch_flower
 from lpfl.simulate import federate, federated_data
 from lpfl.transport import load_server_config
+from tests.conftest import write_run_file
 from tests.export_artefacts import exported
-
-RUN_FILE = """
-[model]
-source = "tiny-llama"
-max_length = 48
-
-[soft_labels]
-threshold = 0.0
-growth = 4
-start_round = 2
-
-[data]
-dataset = "{dataset}"
-test_size = 100
-validation_size = 0
-shots_per_class = 8
-unlabeled_per_client = 16
-num_clients = 2
-
-[federation]
-rounds = 2
-clients_per_round = 2
-local_steps = 2
-batch_size = 4
-
-[run]
-eval_batch_size = 64
-"""
 
 
 def run_file(folder: Path, dataset: str = "mr", update_encoding: str = "fp32") -> Path:
-    path = folder / "run.toml"
-    rules = f'\n[server.round]\nupdate_encoding = "{update_encoding}"\n'
-    path.write_text(RUN_FILE.format(dataset=dataset) + rules, encoding="utf-8")
-    return path
+    """The tiny test run, with soft labels from round 2 at any confidence and the update
+    encoding of the server's round rules."""
+    return write_run_file(folder / "run.toml", dataset,
+                          soft_labels={"threshold": 0.0, "growth": 4, "start_round": 2},
+                          **{"server.round": {"update_encoding": update_encoding}})
 
 
 def test_a_flower_simulation_ends_with_the_adapter_lpfl_simulate_computes(tmp_path: Path) -> None:
