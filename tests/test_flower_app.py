@@ -22,9 +22,9 @@ from tests.export_artefacts import exported
 def run_file(folder: Path, dataset: str = "mr", update_encoding: str = "fp32") -> Path:
     """The tiny test run, with soft labels from round 2 at any confidence and the update
     encoding of the server's round rules."""
+    rules: dict[str, dict[str, object]] = {"server.round": {"update_encoding": update_encoding}}
     return write_run_file(folder / "run.toml", dataset,
-                          soft_labels={"threshold": 0.0, "growth": 4, "start_round": 2},
-                          **{"server.round": {"update_encoding": update_encoding}})
+                          soft_labels={"threshold": 0.0, "growth": 4, "start_round": 2}, **rules)
 
 
 def test_a_flower_simulation_ends_with_the_adapter_lpfl_simulate_computes(tmp_path: Path) -> None:
