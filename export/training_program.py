@@ -1,12 +1,16 @@
 """An ExecuTorch training program for the prompt model with LoRA: forward + backward in one file.
 
-The program is a plain (forward-only) ExecuTorch method whose inputs are the LoRA tensors,
-in :func:`lora_names` order, then one fixed-shape batch (``input_ids``, ``attention_mask``,
-``position_ids``, ``targets`` ``[B, C]``, ``weights`` ``[B]``), and whose outputs are the weighted
-mean cross-entropy against the targets (the loss :func:`lpfl.training.train_steps` minimises), the
-class logits and the gradients of the LoRA tensors. The trainer
-(:mod:`lpfl.program_trainer`) keeps the adapter, feeds it in at every step and
-applies the optimizer to the returned gradients.
+The program has two plain (forward-only) ExecuTorch methods. ``forward`` takes the LoRA
+tensors, in :func:`lora_names` order, then one fixed-shape batch (``input_ids``,
+``attention_mask``, ``position_ids``, ``targets`` ``[B, C]``, ``weights`` ``[B]``), and returns the
+weighted mean cross-entropy against the targets (the loss :func:`lpfl.training.train_steps`
+minimises), the class logits and the gradients of the LoRA tensors. ``lm_gradients`` takes the
+LoRA tensors and a batch of prompts (``input_ids``, ``attention_mask``, ``position_ids``,
+``weights``) and returns the language-model loss on them
+(:func:`lpfl.model.prompt.lm_token_loss`, trained with ``soft_labels.lm_weight``) and its LoRA
+gradients. Both share the program's constants (the frozen base is stored once). The trainer
+(:mod:`lpfl.program_trainer`) keeps the adapter, feeds it in at every step and applies the
+optimizer to the returned gradients.
 
 Why not ExecuTorch's training flow (``_export_forward_backward`` + ``TrainingModule``): XNNPACK
 cannot take that joint graph in ExecuTorch 1.5.1 (it returns forward activations the backward
@@ -23,7 +27,7 @@ Stages, each a function testable alone:
    stores integer constants while the LoRA tensors stay float32.
 2. :func:`trace_gradients`: forward and backward as one ATen graph, LoRA tensors as inputs.
 3. :func:`export_gradients`: ``torch.export``, core ATen, :func:`transpose_free_matmuls`.
-4. :func:`lower`: XNNPACK with runtime weights, then ``to_executorch``.
+4. :func:`lower`: XNNPACK with runtime weights for both methods, then ``to_executorch``.
 5. :func:`save`: writes the ``.pte``.
 
 Shapes are fixed (``batch_size`` x ``max_seq_len``): the trainer left-pads every batch to
@@ -44,7 +48,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lpfl.errors import ModelError
-from lpfl.model.prompt import PromptModel
+from lpfl.model.prompt import PromptModel, lm_token_loss
+from lpfl.program_trainer import LM_METHOD, METHOD
 from lpfl.training import example_losses, weighted_loss
 
 if TYPE_CHECKING:
@@ -80,6 +85,21 @@ class PromptLoss(nn.Module):
                                        "position_ids": position_ids})
         loss = weighted_loss(example_losses(logits, targets), weights)
         return loss, logits.detach()
+
+
+class PromptLmLoss(nn.Module):
+    """(input_ids, attention_mask, position_ids, weights) -> LM loss, on the network of a
+    :class:`PromptLoss` (the same parameters under the same names)."""
+
+    def __init__(self, loss: PromptLoss) -> None:
+        super().__init__()
+        self.network = loss.network
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        out = self.network(input_ids=input_ids, attention_mask=attention_mask,
+                           position_ids=position_ids, use_cache=False)
+        return lm_token_loss(out.logits, input_ids, attention_mask, weights)
 
 
 def _int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -240,6 +260,13 @@ def example_inputs(pm: PromptModel, batch_size: int,
     return ids, mask, positions, targets, weights
 
 
+def lm_example_inputs(pm: PromptModel, batch_size: int,
+                      max_seq_len: int) -> tuple[torch.Tensor, ...]:
+    """Inputs of the ``lm_gradients`` method: the classification batch without targets."""
+    ids, mask, positions, _, weights = example_inputs(pm, batch_size, max_seq_len)
+    return ids, mask, positions, weights
+
+
 @contextlib.contextmanager
 def eager_attention(network: nn.Module) -> Iterator[None]:
     """Run the HF model with its plain (matmul + softmax) attention while inside.
@@ -265,14 +292,14 @@ def peft_name(program_name: str) -> str:
     return program_name.removeprefix(PARAMETER_PREFIX).replace(f".{ADAPTER}", "")
 
 
-def lora_names(module: PromptLoss) -> list[str]:
+def lora_names(module: nn.Module) -> list[str]:
     """The trainable (LoRA) parameters of ``module`` in the program's input order: sorted by
     PEFT name, the order in which a trainer sorts the manifest's ``lora_shapes``."""
     trainable = [n for n, p in module.named_parameters() if p.requires_grad]
     return sorted(trainable, key=peft_name)
 
 
-def lora_tensors(module: PromptLoss, names: Sequence[str]) -> tuple[torch.Tensor, ...]:
+def lora_tensors(module: nn.Module, names: Sequence[str]) -> tuple[torch.Tensor, ...]:
     """The current values of the LoRA parameters ``names`` (detached): the program's first
     inputs when tracing."""
     parameters = dict(module.named_parameters())
@@ -282,21 +309,23 @@ def lora_tensors(module: PromptLoss, names: Sequence[str]) -> tuple[torch.Tensor
 GradientFunction = Callable[..., tuple[torch.Tensor, ...]]
 
 
-def gradient_function(module: PromptLoss, names: Sequence[str]) -> GradientFunction:
-    """``(*lora, *batch) -> (loss, logits, *lora_gradients)``: the LoRA tensors are inputs, so
-    the gradients are ordinary outputs of a forward-only graph."""
+def gradient_function(module: nn.Module, names: Sequence[str]) -> GradientFunction:
+    """``(*lora, *batch) -> (*outputs, *lora_gradients)``: the LoRA tensors are inputs, so the
+    gradients are ordinary outputs of a forward-only graph. ``module`` returns the loss, or the
+    loss first in a tuple (:class:`PromptLoss`: loss and class logits)."""
     count = len(names)
 
     def gradients(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
         lora = args[:count]
-        loss, logits = torch.func.functional_call(module, dict(zip(names, lora, strict=True)),
-                                                  args[count:], strict=False)
-        return (loss, logits, *torch.autograd.grad(loss, lora))
+        result = torch.func.functional_call(module, dict(zip(names, lora, strict=True)),
+                                            args[count:], strict=False)
+        outputs = result if isinstance(result, tuple) else (result,)
+        return (*outputs, *torch.autograd.grad(outputs[0], lora))
 
     return gradients
 
 
-def trace_gradients(module: PromptLoss, names: Sequence[str],
+def trace_gradients(module: nn.Module, names: Sequence[str],
                     inputs: tuple[torch.Tensor, ...]) -> torch.fx.GraphModule:
     """The forward and the backward as one ATen graph (``make_fx`` records the ops that autograd
     runs), under the MATH attention backend and with eager attention.
@@ -309,7 +338,8 @@ def trace_gradients(module: PromptLoss, names: Sequence[str],
 
     lora = [t.clone().requires_grad_() for t in lora_tensors(module, names)]
     table = get_decompositions([torch.ops.aten.silu_backward.default])
-    with sdpa_kernel([SDPBackend.MATH]), eager_attention(module.network), torch.enable_grad():
+    network: nn.Module = module.network  # type: ignore[assignment]
+    with sdpa_kernel([SDPBackend.MATH]), eager_attention(network), torch.enable_grad():
         graph: torch.fx.GraphModule = make_fx(gradient_function(module, names),
                                               decomposition_table=table)(*lora, *inputs)  # type: ignore[arg-type]
     return graph
@@ -393,9 +423,9 @@ def transpose_free_matmuls(ep: torch.export.ExportedProgram) -> torch.export.Exp
     return ep
 
 
-def lower(ep: torch.export.ExportedProgram) -> ExecutorchProgramManager:
+def lower(methods: dict[str, torch.export.ExportedProgram]) -> ExecutorchProgramManager:
     """Edge dialect, XNNPACK for every GEMM and the element-wise ops it has, portable kernels
-    for the rest.
+    for the rest; one program with a method per entry of ``methods``.
 
     The weight matrices are runtime tensors to XNNPACK
     (``force_non_static_weights_for_f32_linear``): a de-quantized weight is computed in the
@@ -409,7 +439,7 @@ def lower(ep: torch.export.ExportedProgram) -> ExecutorchProgramManager:
     partitioner = XnnpackPartitioner(force_non_static_weights_for_f32_linear=True)
     config = EdgeCompileConfig(_check_ir_validity=False,
                                preserve_ops=[torch.ops.aten.linear.default])
-    edge = to_edge_transform_and_lower(ep, partitioner=[partitioner], compile_config=config)
+    edge = to_edge_transform_and_lower(methods, partitioner=[partitioner], compile_config=config)
     return edge.to_executorch()
 
 
@@ -423,7 +453,8 @@ def save(program: ExecutorchProgramManager, out_file: Path) -> Path:
 
 def export_training_program(pm: PromptModel, *, quant: str, max_seq_len: int, batch_size: int,
                             out_file: Path) -> Path:
-    """Export ``pm`` (with LoRA attached) as a training program; returns ``out_file``."""
+    """Export ``pm`` (with LoRA attached) as a training program with its classification and
+    language-model methods; returns ``out_file``."""
     if max_seq_len < 2 or batch_size < 1:
         raise ValueError(f"max_seq_len={max_seq_len} and batch_size={batch_size} must be >= 2, 1")
     module = build_loss_module(pm, quant)
@@ -431,7 +462,11 @@ def export_training_program(pm: PromptModel, *, quant: str, max_seq_len: int, ba
     if not names:
         raise ModelError("the prompt model has no trainable tensors: attach LoRA first "
                          "(lpfl.model.adapters.set_mode(pm, 'lora', settings))")
-    inputs = example_inputs(pm, batch_size, max_seq_len)
-    example = lora_tensors(module, names) + inputs
-    ep = export_gradients(trace_gradients(module, names, inputs), example)
-    return save(lower(ep), out_file)
+    lora = lora_tensors(module, names)
+    methods = {}
+    for name, method, inputs in (
+            (METHOD, module, example_inputs(pm, batch_size, max_seq_len)),
+            (LM_METHOD, PromptLmLoss(module), lm_example_inputs(pm, batch_size, max_seq_len))):
+        methods[name] = export_gradients(trace_gradients(method.eval(), names, inputs),
+                                         lora + inputs)
+    return save(lower(methods), out_file)

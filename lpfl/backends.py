@@ -50,10 +50,8 @@ class ExecuTorchTrainer:
               weight_decay: float, lm: LmBatches | None = None) -> float:
         from lpfl.program_trainer import program_train_steps
 
-        if lm is not None:
-            raise ConfigError("the ExecuTorch training program has no language-model loss: "
-                              "set soft_labels.lm_weight = 0 or train eagerly")
-        return program_train_steps(self.program, self.encode, examples, plan, lr, weight_decay)
+        return program_train_steps(self.program, self.encode, examples, plan, lr, weight_decay,
+                                   lm)
 
     def state(self) -> dict[str, torch.Tensor]:
         return self.program.state()

@@ -2,7 +2,8 @@
 
 A run file is TOML with one table per stage (``[model]``, ``[prompt]``, ``[lora]``,
 ``[soft_labels]``, ``[data]``, ``[federation]``, ``[run]``), plus an optional ``[server]`` table
-that only ``lpfl server`` reads (:mod:`lpfl.transport`). Keys may be written with dashes or
+that only ``lpfl server`` reads (:mod:`lpfl.transport`) and an optional ``[field]`` table that
+only ``lpfl field`` reads (:mod:`lpfl.fleet`). Keys may be written with dashes or
 underscores. Any value can be overridden from the command line with ``--set section.key=value``
 (the value is parsed as TOML, so ``--set federation.rounds=3`` and
 ``--set run.methods='["lp-fl"]'`` both work). Every problem is reported as a :class:`ConfigError`
@@ -127,7 +128,7 @@ class SoftLabelSchedule:
 
     With ``lm_weight`` above 0 every local step also trains the adapter with the language-model
     loss on a batch of the client's unlabeled texts written in the run's pattern (prompt-based
-    continued pre-training), scaled by ``lm_weight``; this needs a causal LM and eager training.
+    continued pre-training), scaled by ``lm_weight``; this needs a causal LM.
     The defaults (half of every batch labeled, argmax targets) are the best of the soft-label
     study at one learning rate (docs/soft-labels.md).
     """
@@ -456,6 +457,7 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunCo
     """Load a TOML run file (or the defaults when ``path`` is None) and apply overrides."""
     table = read_toml(path) if path is not None else {}
     table.pop("server", None)  # read by `lpfl server` (lpfl.transport), not by a run
+    table.pop("field", None)  # read by `lpfl field` (lpfl.fleet), not by a run
     try:
         return config_from_dict(table, overrides)
     except ConfigError as exc:

@@ -1,11 +1,14 @@
 """Local LoRA training with an ExecuTorch training program instead of eager PyTorch.
 
 The program (:mod:`lpfl.export.training_program`) takes the LoRA tensors and one batch and
-returns the loss, the class logits and the gradients of the LoRA tensors. :class:`ProgramTrainer`
+returns the loss, the class logits and the gradients of the LoRA tensors; its second method
+returns the language-model loss of a batch of prompts and its gradients, which a step adds,
+scaled by ``soft_labels.lm_weight``, to the classification gradients. :class:`ProgramTrainer`
 keeps the adapter (under PEFT's names, those of :func:`lpfl.model.adapters.trainable_state`),
 feeds it to the program at every step and applies the same ``torch.optim.AdamW`` update as
 :func:`lpfl.training.train_steps` to the gradients. :func:`program_train_steps` is a drop-in for
-:func:`lpfl.training.train_steps`: same batch plan, same loss, same optimizer.
+:func:`lpfl.training.train_steps`: same batch plan, same loss (language-model term included),
+same optimizer.
 """
 
 from __future__ import annotations
@@ -16,22 +19,24 @@ from pathlib import Path
 
 import torch
 
-from lpfl.errors import ArtefactError
+from lpfl.errors import ArtefactError, ConfigError
 from lpfl.program_scorer import use_torch_threads
-from lpfl.training import TrainExample, batch_tensors
+from lpfl.training import LmBatches, TrainExample, batch_tensors
 
 log = logging.getLogger(__name__)
 
 METHOD = "forward"
+LM_METHOD = "lm_gradients"
 BATCH_INPUTS = ("input_ids", "attention_mask", "position_ids", "targets", "weights")
 """The program's inputs after the LoRA tensors (:func:`pad_inputs` makes them)."""
 
 Encode = Callable[[Sequence[str]], dict[str, torch.Tensor]]
 
 
-def pad_inputs(batch: Mapping[str, torch.Tensor], targets: torch.Tensor, weights: torch.Tensor,
-               batch_size: int, seq_len: int) -> tuple[torch.Tensor, ...]:
-    """Fit a left-padded causal batch to the program's fixed shape.
+def pad_batch(batch: Mapping[str, torch.Tensor], weights: torch.Tensor, batch_size: int,
+              seq_len: int) -> tuple[torch.Tensor, ...]:
+    """Fit a left-padded causal batch to the program's fixed shape: (ids, mask, positions,
+    weights).
 
     Columns are added on the left (masked, position 0); missing rows repeat the first row with
     weight 0, so they change neither the weighted loss nor the gradients.
@@ -50,8 +55,17 @@ def pad_inputs(batch: Mapping[str, torch.Tensor], targets: torch.Tensor, weights
         return torch.cat([t, t[:1].expand(extra, -1)]) if extra else t
 
     padded_weights = torch.cat([weights, weights.new_zeros(extra)])
-    return (fit(ids.long()), fit(mask.long()), fit(positions.long()),
-            torch.cat([targets, targets[:1].expand(extra, -1)]).float(), padded_weights.float())
+    return fit(ids.long()), fit(mask.long()), fit(positions.long()), padded_weights.float()
+
+
+def pad_inputs(batch: Mapping[str, torch.Tensor], targets: torch.Tensor, weights: torch.Tensor,
+               batch_size: int, seq_len: int) -> tuple[torch.Tensor, ...]:
+    """:func:`pad_batch` with the targets (filler rows repeat the first): the ``forward``
+    method's batch inputs, in :data:`BATCH_INPUTS` order."""
+    ids, mask, positions, padded_weights = pad_batch(batch, weights, batch_size, seq_len)
+    extra = batch_size - targets.shape[0]
+    padded_targets = torch.cat([targets, targets[:1].expand(extra, -1)]).float()
+    return ids, mask, positions, padded_targets, padded_weights
 
 
 class ProgramTrainer:
@@ -93,6 +107,7 @@ class ProgramTrainer:
         first = len(names)
         self.batch_size, self.seq_len = (int(s) for s in meta.input_tensor_meta(first).sizes())
         self.num_classes = int(meta.input_tensor_meta(first + 3).sizes()[1])
+        self.has_lm = LM_METHOD in self.module.method_names()
         self.parameters: dict[str, torch.Tensor] = {
             name: torch.zeros(tuple(lora_shapes[name])) for name in names}
         self._gradients: dict[str, torch.Tensor] = {}
@@ -139,6 +154,21 @@ class ProgramTrainer:
         self._gradients = dict(zip(self.parameters, gradients, strict=True))
         return float(loss), logits[:rows]
 
+    def add_lm(self, batch: Mapping[str, torch.Tensor], weight: float) -> float:
+        """The language-model loss of a batch of prompts; its gradients, times ``weight``, are
+        added to those of the last :meth:`run` (as eager's ``loss + weight * lm_loss``)."""
+        if not self.has_lm:
+            raise ConfigError("this training program has no language-model method: re-export "
+                              "the artefact with this lpfl, or set soft_labels.lm_weight = 0")
+        if not self._gradients:
+            raise RuntimeError("add_lm() adds to the gradients of a run(): call run() first")
+        rows = batch["input_ids"].shape[0]
+        inputs = pad_batch(batch, torch.ones(rows), self.batch_size, self.seq_len)
+        outputs = self.module.run_method(LM_METHOD, [*self.parameters.values(), *inputs])
+        for name, gradient in zip(self.parameters, outputs[1:], strict=True):
+            self._gradients[name] = self._gradients[name] + weight * gradient
+        return float(outputs[0])
+
     def apply(self, lr: float) -> None:
         """One AdamW update of the LoRA tensors with the gradients of the last :meth:`run`."""
         if not self._gradients:
@@ -165,17 +195,23 @@ class ProgramTrainer:
 
 def program_train_steps(trainer: ProgramTrainer, encode: Encode,
                         examples: Sequence[TrainExample], plan: Sequence[Sequence[int]],
-                        lr: float, weight_decay: float = 0.0) -> float:
+                        lr: float, weight_decay: float = 0.0,
+                        lm: LmBatches | None = None) -> float:
     """:func:`lpfl.training.train_steps` on a training program: the same batches, the same
-    weighted cross-entropy, the same AdamW (fresh each call), the same mean loss."""
+    weighted cross-entropy (plus ``lm``'s weighted language-model loss), the same AdamW (fresh
+    each call), the same mean classification loss."""
     if not plan:
         raise ValueError("the batch plan is empty")
+    if lm is not None and len(lm.plan) != len(plan):
+        raise ValueError(f"{len(lm.plan)} LM batches for {len(plan)} training steps")
     trainer.reset_optimizer(weight_decay)
     total = 0.0
-    for batch in plan:
+    for step, batch in enumerate(plan):
         chosen = [examples[i] for i in batch]
         targets, weights = batch_tensors(chosen)
         loss, _ = trainer.run(encode([e.text for e in chosen]), targets, weights)
+        if lm is not None:
+            trainer.add_lm(encode([lm.texts[i] for i in lm.plan[step]]), lm.weight)
         trainer.apply(lr)
         total += loss
     return total / len(plan)

@@ -14,9 +14,10 @@ import torch
 
 from lpfl.config import LoraSettings, ModelSettings, PromptSettings
 from lpfl.data import load_corpus
-from lpfl.errors import ArtefactError, ModelError
+from lpfl.errors import ArtefactError, ConfigError, ModelError
 from lpfl.export.training_program import (
     GROUP_SIZE,
+    PromptLmLoss,
     _int4_groups,
     _int8_rows,
     build_loss_module,
@@ -24,22 +25,26 @@ from lpfl.export.training_program import (
     example_inputs,
     export_gradients,
     export_training_program,
+    lm_example_inputs,
     lora_names,
     lora_tensors,
     lower,
     peft_name,
     quantize_frozen,
+    save,
     trace_gradients,
 )
 from lpfl.model.adapters import load_trainable_state, set_mode, trainable_state
 from lpfl.model.loading import load_base_model
 from lpfl.model.prompt import PromptModel
-from lpfl.program_trainer import ProgramTrainer, pad_inputs, program_train_steps
+from lpfl.program_trainer import LM_METHOD, METHOD, ProgramTrainer, pad_inputs, program_train_steps
 from lpfl.training import (
+    LmBatches,
     TrainExample,
     batch_plan,
     example_losses,
     hard_example,
+    shuffled_batches,
     train_steps,
 )
 from lpfl.training import weighted_loss as training_loss
@@ -183,6 +188,14 @@ def gradient_program(pm: PromptModel) -> torch.export.ExportedProgram:
                             lora_tensors(module, names) + inputs)
 
 
+def lm_gradient_program(pm: PromptModel) -> torch.export.ExportedProgram:
+    module = PromptLmLoss(build_loss_module(pm))
+    inputs = lm_example_inputs(pm, BATCH, SEQ)
+    names = lora_names(module)
+    return export_gradients(trace_gradients(module, names, inputs),
+                            lora_tensors(module, names) + inputs)
+
+
 def test_the_gradient_graph_takes_the_lora_and_never_transposes_a_weight(
         pm: PromptModel) -> None:
     """LoRA tensors are the first inputs (sorted by PEFT name), gradients the outputs after the
@@ -203,15 +216,30 @@ def test_the_gradient_graph_takes_the_lora_and_never_transposes_a_weight(
     assert sum(op == torch.ops.aten.linear.default for op, _ in ops) >= 2 * 7 + 4  # + LoRA
 
 
-def test_xnnpack_takes_every_matrix_product(pm: PromptModel) -> None:
-    """Forward and backward GEMMs all run in XNNPACK; none is left to the portable kernels."""
-    graph = lower(gradient_program(pm)).exported_program().graph
-    delegates = [n for n in graph.nodes if n.op == "call_function"
-                 and "executorch_call_delegate" in str(n.target)]
-    outside = [str(n.target) for n in graph.nodes if n.op == "call_function"
-               and any(op in str(n.target) for op in ("aten.mm", "aten.linear", "aten.bmm",
-                                                      "aten.addmm"))]
-    assert delegates and outside == []
+def test_xnnpack_takes_every_matrix_product_of_both_methods(pm: PromptModel) -> None:
+    """Forward and backward GEMMs all run in XNNPACK, in the classification and the
+    language-model method; none is left to the portable kernels."""
+    program = lower({METHOD: gradient_program(pm), LM_METHOD: lm_gradient_program(pm)})
+    for method in (METHOD, LM_METHOD):
+        graph = program.exported_program(method).graph
+        delegates = [n for n in graph.nodes if n.op == "call_function"
+                     and "executorch_call_delegate" in str(n.target)]
+        outside = [str(n.target) for n in graph.nodes if n.op == "call_function"
+                   and any(op in str(n.target) for op in ("aten.mm", "aten.linear", "aten.bmm",
+                                                          "aten.addmm"))]
+        assert delegates and outside == [], method
+
+
+def test_a_program_without_the_lm_method_refuses_the_lm_loss(pm: PromptModel,
+                                                              tmp_path: Path) -> None:
+    path = save(lower({METHOD: gradient_program(pm)}), tmp_path / "forward-only.pte")
+    trainer = ProgramTrainer(path, lora_shapes(pm))
+    assert not trainer.has_lm
+    data = examples()
+    batch = pm.encode([e.text for e in data[:2]])
+    trainer.run(batch, torch.tensor([e.target for e in data[:2]]), torch.ones(2))
+    with pytest.raises(ConfigError, match="re-export"):
+        trainer.add_lm(batch, 0.1)
 
 
 # --- the fp32 program -----------------------------------------------------------------------
@@ -297,6 +325,60 @@ def test_program_train_steps_is_a_drop_in_for_train_steps(pm: PromptModel,
     program = program_train_steps(trainer, pm.encode, data, plan, 5e-3, 0.01)
     assert program == pytest.approx(eager, abs=LOSS_TOL)
     torch.testing.assert_close(trainer.state(), trainable_state(pm), atol=STATE_TOL, rtol=0)
+
+
+def lm_batches(steps: int, seed: int) -> LmBatches:
+    """Unlabeled MR texts for ``steps`` LM batches of up to :data:`BATCH` (the last short)."""
+    texts = tuple(e.text for e in load_corpus("mr")[100:110])
+    plan = shuffled_batches(len(texts), steps, BATCH, np.random.default_rng(seed))
+    return LmBatches(texts, tuple(tuple(b) for b in plan), 0.5)
+
+
+def test_the_lm_method_gives_eager_lm_loss(pm: PromptModel, fp32_program: Path) -> None:
+    """Three prompts in a batch of four: the filler row changes neither loss nor gradients."""
+    trainer = ProgramTrainer(fp32_program, lora_shapes(pm))
+    adapter = random_adapter(pm, 5)
+    trainer.load_state(adapter)
+    load_trainable_state(pm, adapter)
+    assert trainer.has_lm
+    data = examples()
+    batch = pm.encode([e.text for e in data[:3]])
+    texts = pm.encode([e.text for e in load_corpus("mr")[200:203]])
+    targets = torch.tensor([e.target for e in data[:3]])
+    trainer.run(batch, targets, torch.ones(3))
+    lm_loss = trainer.add_lm(texts, 0.5)
+    pm.network.zero_grad()
+    eager_lm = pm.lm_loss(texts)
+    (weighted_loss(pm.class_logits(batch), targets, torch.ones(3)) + 0.5 * eager_lm).backward()
+    assert lm_loss == pytest.approx(float(eager_lm.detach()), abs=1e-4)
+    grads = {n.replace(".default", ""): p.grad for n, p in pm.network.named_parameters()
+             if p.requires_grad}
+    for name, grad in trainer._gradients.items():
+        expected = grads[name]
+        assert expected is not None
+        assert float((grad - expected).norm()) <= 1e-4 * float(expected.norm()) + 1e-6, name
+    pm.network.zero_grad()
+
+
+def test_program_train_steps_trains_the_lm_loss_like_eager(pm: PromptModel,
+                                                           fp32_program: Path) -> None:
+    """With an LM plan the program ends where eager ends, and elsewhere than without it."""
+    trainer = ProgramTrainer(fp32_program, lora_shapes(pm))
+    adapter = random_adapter(pm, 6)
+    data = examples()
+    plan = batch_plan(data, 12, BATCH, 0.5, np.random.default_rng(12))
+    lm = lm_batches(12, 13)
+    load_trainable_state(pm, adapter)
+    eager = train_steps(pm, data, plan, 5e-3, 0.01, lm=lm)
+    trainer.load_state(adapter)
+    program = program_train_steps(trainer, pm.encode, data, plan, 5e-3, 0.01, lm=lm)
+    assert program == pytest.approx(eager, abs=LOSS_TOL)
+    with_lm = trainer.state()
+    torch.testing.assert_close(with_lm, trainable_state(pm), atol=STATE_TOL, rtol=0)
+    trainer.load_state(adapter)
+    program_train_steps(trainer, pm.encode, data, plan, 5e-3, 0.01)
+    moved = max(float((with_lm[k] - v).abs().max()) for k, v in trainer.state().items())
+    assert moved > 10 * STATE_TOL
 
 
 # --- the int8 program -----------------------------------------------------------------------

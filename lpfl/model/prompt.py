@@ -26,6 +26,23 @@ log = logging.getLogger(__name__)
 MASK_PLACEHOLDER = "[MASK]"
 
 
+def lm_token_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  row_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean next-token cross-entropy of a causal LM over the tokens that are real and follow
+    a real token, in fixed shapes (no boolean indexing), so a traced program computes it too.
+
+    ``row_weights`` ``[batch]`` scale whole rows (0 drops a filler row of a fixed-shape batch).
+    """
+    vocab = logits.shape[-1]
+    losses = F.cross_entropy(logits[:, :-1].reshape(-1, vocab).float(),
+                             input_ids[:, 1:].reshape(-1), reduction="none")
+    mask = attention_mask[:, :-1] * attention_mask[:, 1:]
+    if row_weights is not None:
+        mask = mask * row_weights[:, None]
+    mask = mask.reshape(-1).to(losses.dtype)
+    return (losses * mask).sum() / mask.sum().clamp_min(1.0)
+
+
 def label_token_ids(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> list[int]:
     """One vocabulary id per label word; a word that is several tokens is a ModelError."""
     ids = []
@@ -195,11 +212,7 @@ class PromptModel:
                              "LM; set it to 0 for a masked LM")
         out = self.network(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            position_ids=batch["position_ids"], use_cache=False)
-        real = batch["attention_mask"].bool()
-        predicted = real[:, :-1] & real[:, 1:]
-        loss: torch.Tensor = F.cross_entropy(out.logits[:, :-1][predicted].float(),
-                                             batch["input_ids"][:, 1:][predicted])
-        return loss
+        return lm_token_loss(out.logits, batch["input_ids"], batch["attention_mask"])
 
     @torch.no_grad()
     def score(self, texts: Sequence[str], batch_size: int = 32,
