@@ -23,7 +23,9 @@ One round goes through these phases::
   arrives (for FedAvg a running weighted sum, so memory is one model's worth). A client that
   leaves, fails, has a message refused or misses the deadline simply has no update. Each
   client's :class:`~lpfl.records.ClientOutcome` goes into the round's verdict.
-- The round closes once every sampled client has replied (or left), or at the deadline. With at
+- The round closes once every sampled client has replied (or left), or at the deadline, or, with
+  over-selection (``close_after``), as soon as that many updates are accepted: the clients still
+  training are ``late`` and a reply they send afterwards is refused. With at
   least ``min_updates`` updates the strategy combines them into a proposed global state. The
   guard refuses a proposal that is not finite or moves further than the round's norm bound: the
   last good state stays and the updates are marked ``discarded`` with the reason. Either way the
@@ -109,10 +111,13 @@ class RoundRules:
 
     ``min_clients`` connected clients start a round (0: the strategy's ``clients_per_round``);
     ``min_updates`` accepted updates make a round count; ``deadline_s`` is how long a round waits
-    for updates; a round that gets too few updates is retried up to ``max_attempts`` times in
-    all. ``clip`` (:class:`ClipMode`) with ``clip_norm`` (the absolute bound) and
-    ``norm_multiplier`` (the adaptive bound's multiple of the median norm, also the guard's and
-    the norm filter's) bounds each update. ``aggregation`` picks the rule that combines updates
+    for updates; ``close_after`` (0: off) closes the round as soon as that many updates are
+    accepted, which with a ``clients_per_round`` above it is over-selection: the slowest sampled
+    clients no longer hold the round up (they are ``late``, their work is wasted); a round
+    that gets too few updates is retried up to ``max_attempts`` times in all. ``clip``
+    (:class:`ClipMode`) with ``clip_norm`` (the absolute bound) and ``norm_multiplier`` (the
+    adaptive bound's multiple of the median norm, also the guard's and the norm filter's)
+    bounds each update. ``aggregation`` picks the rule that combines updates
     (:class:`lpfl.strategy.Aggregation`; ``trim_fraction`` is the trimmed mean's).
     ``max_accuracy_drop`` (a fraction: 0.05 is 5 points) refuses a round's new global state
     whose evaluated ``accuracy`` is more than that below the last committed state's; the
@@ -129,6 +134,7 @@ class RoundRules:
     min_clients: int = 0
     min_updates: int = 1
     deadline_s: float = 120.0
+    close_after: int = 0
     clip: ClipMode = ClipMode.ADAPTIVE
     clip_norm: float = 0.0
     norm_multiplier: float = 3.0
@@ -146,6 +152,9 @@ class RoundRules:
              "(0 waits for clients_per_round clients)"),
             (self.min_updates >= 1, f"min_updates={self.min_updates} must be >= 1"),
             (0 < self.deadline_s < math.inf, f"deadline_s={self.deadline_s} must be > 0"),
+            (self.close_after == 0 or self.close_after >= self.min_updates,
+             f"close_after={self.close_after} must be 0 (off) or >= min_updates="
+             f"{self.min_updates}: a round closed with fewer updates would only fail"),
             (0 <= self.clip_norm < math.inf, f"clip_norm={self.clip_norm} must be >= 0"),
             ((self.clip is ClipMode.ABSOLUTE) == (self.clip_norm > 0),
              f"clip_norm={self.clip_norm} goes with clip = \"absolute\" (and only with it): "
@@ -181,6 +190,9 @@ class RoundRules:
              "clip=\"adaptive\" needs each update's norm, which secure aggregation hides from "
              "the server: use clip = \"absolute\" with clip-norm (clients then clip "
              "themselves) or clip = \"off\""),
+            (not privacy.secure_aggregation or self.close_after == 0,
+             f"close_after={self.close_after}: secure aggregation cannot close a round early, "
+             "its masking steps need every client that advertised keys; set close-after = 0"),
             (not privacy.secure_aggregation or self.min_updates >= 2,
              f"min_updates={self.min_updates}: secure aggregation needs min-updates >= 2, a "
              "sum of one update is that update"),
@@ -690,6 +702,14 @@ class RoundMachine:
         known = current.outcomes.get(client_id)
         if outcome is not None and not (known is not None and known.status.accepted):
             current.outcomes[client_id] = outcome
+        close_after = self.rules.close_after
+        if (current.pending and close_after and current.masked is None
+                and current.acc.count >= close_after):
+            logger.info("round %d: %d updates in, closing without %s", current.number,
+                        current.acc.count, ", ".join(sorted(current.pending)))
+            for cid in current.pending:
+                current.outcomes[cid] = ClientOutcome(ClientStatus.LATE)
+            current.pending.clear()
         return [] if current.pending else self._advance()
 
     def _secagg(self, message: wire.Message) -> list[Action]:

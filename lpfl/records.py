@@ -42,6 +42,8 @@ class ClientStatus(enum.StrEnum):
     """It disconnected before replying."""
     TIMED_OUT = "timed_out"
     """It had not replied when the deadline passed."""
+    LATE = "late"
+    """It had not replied when the round closed early with enough updates (over-selection)."""
     IDLE = "idle"
     """Connected, but not sampled."""
 
@@ -159,15 +161,37 @@ _TRAFFIC_KEYS = tuple(f.name for f in fields(Traffic))
 
 
 @dataclass(frozen=True)
+class ClientEmulation:
+    """The device and link ``lpfl field`` emulated for a client: profile names, the CPU quota of
+    its cgroup (CPUs; None: unthrottled, the device profile has no speed reference) and its
+    memory limit (MiB; None: none)."""
+
+    device: str
+    link: str
+    cpu_quota: float | None = None
+    memory_limit_mb: int | None = None
+
+    def __post_init__(self) -> None:
+        _require(bool(self.device) and bool(self.link),
+                 f"device {self.device!r} and link {self.link!r} must be non-empty")
+        _require(self.cpu_quota is None or 0 < self.cpu_quota < math.inf,
+                 f"cpu_quota {self.cpu_quota!r} must be a finite number > 0, or None")
+        _require(self.memory_limit_mb is None
+                 or (_is_int(self.memory_limit_mb) and self.memory_limit_mb >= 1),
+                 f"memory_limit_mb {self.memory_limit_mb!r} must be an int >= 1, or None")
+
+
+@dataclass(frozen=True)
 class ClientRecord:
     """One client's part in a round: its outcome, its traffic, and what it said of itself in its
     hello (``cpu_arch``, ``backend``, ``runtime`` versions; empty for a client that left before
-    the round closed, and in the simulation)."""
+    the round closed, and in the simulation); in a field run, the device and link it ran on."""
 
     client_id: str
     outcome: ClientOutcome
     traffic: Traffic = field(default_factory=Traffic)
     capabilities: Mapping[str, Any] = field(default_factory=dict)
+    emulation: ClientEmulation | None = None
 
     def __post_init__(self) -> None:
         _require(isinstance(self.client_id, str) and bool(self.client_id),
@@ -175,13 +199,14 @@ class ClientRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON, flat: the id, the outcome's fields (``status`` as its string), the
-        traffic's counters, the capabilities."""
+        traffic's counters, the capabilities, and the emulation where there is one."""
         o = self.outcome
         return {"client_id": self.client_id, "status": o.status.value,
                 "num_examples": o.num_examples, "metrics": dict(o.metrics),
                 "update_norm": o.update_norm, "clipped": o.clipped, "code": o.code,
                 **asdict(self.traffic), "capabilities": dict(self.capabilities),
-                "reason": o.reason} | ({"masked": True} if o.masked else {})
+                "reason": o.reason} | ({"masked": True} if o.masked else {}) | (
+            {"emulation": asdict(self.emulation)} if self.emulation is not None else {})
 
     @classmethod
     def from_dict(cls, document: Mapping[str, Any]) -> ClientRecord:
@@ -192,8 +217,10 @@ class ClientRecord:
             document.get("clipped", False), document.get("code", ""),
             document.get("reason", ""), document.get("masked", False))
         traffic = Traffic(**{name: document.get(name, 0) for name in _TRAFFIC_KEYS})
+        emulation = document.get("emulation")
         return cls(document["client_id"], outcome, traffic,
-                   dict(document.get("capabilities", {})))
+                   dict(document.get("capabilities", {})),
+                   ClientEmulation(**emulation) if emulation is not None else None)
 
 
 @dataclass(frozen=True)

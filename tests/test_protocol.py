@@ -181,6 +181,32 @@ def test_deadline_closes_the_round_and_stale_timers_are_ignored() -> None:
     assert m.handle(p.DeadlinePassed(1, 1)) == []
 
 
+def test_over_selection_closes_the_round_once_enough_updates_are_in() -> None:
+    """Four sampled, two wanted: the round closes at the second update, the others are late,
+    and a late update is refused and changes nothing."""
+    m = machine(rounds=2, per_round=4, close_after=2)
+    join(m, "c1", "c2", "c3", "c4")
+    assert not any(isinstance(a, p.RoundClosed) for a in m.handle(update("c3", 1, 1.0)))
+    m.handle(p.ClientFailed(wire.Error(1, "c1", wire.E_TRAINING_FAILED, "oom")))
+    closed = only(m.handle(update("c2", 1, 3.0)), p.RoundClosed)
+    assert {cid: o.status for cid, o in closed.outcomes.items()} == {
+        "c1": ClientStatus.FAILED, "c2": ClientStatus.UPDATED, "c3": ClientStatus.UPDATED,
+        "c4": ClientStatus.LATE}
+    assert torch.equal(closed.global_state["a"], torch.full((2, 3), 2.0))
+    late = m.handle(update("c4", 1, 100.0))
+    assert sends(late, wire.Error)["c4"].code == wire.E_LATE_UPDATE
+    assert not any(isinstance(a, p.RoundClosed) for a in late)
+    assert torch.equal(m.global_state["a"], torch.full((2, 3), 2.0))
+
+
+def test_without_over_selection_a_round_waits_for_every_sampled_client() -> None:
+    m = machine(rounds=1, per_round=3)
+    join(m, "c1", "c2", "c3")
+    m.handle(update("c1", 1, 1.0))
+    assert not any(isinstance(a, p.RoundClosed) for a in m.handle(update("c2", 1, 1.0)))
+    assert only(m.handle(update("c3", 1, 1.0)), p.RoundClosed).outcomes["c3"].status == "updated"
+
+
 def test_too_few_updates_retry_the_round_then_abort() -> None:
     m = machine(rounds=1, per_round=2, min_updates=2, max_attempts=2)
     join(m, "c1", "c2")
@@ -265,7 +291,8 @@ def test_recording_a_round_that_is_not_evaluating_is_a_bug() -> None:
     [{"min_updates": 0}, {"deadline_s": 0.0}, {"clip_norm": -1.0}, {"max_attempts": 0},
      {"clip_norm": 1.0}, {"clip": p.ClipMode.ABSOLUTE}, {"norm_multiplier": 0.9},
      {"trim_fraction": 0.5}, {"max_accuracy_drop": -0.1}, {"max_accuracy_drop": 1.5},
-     {"update_encoding": "bf16"}, {"task_encoding": "zip"}, {"min_clients": -1}],
+     {"update_encoding": "bf16"}, {"task_encoding": "zip"}, {"min_clients": -1},
+     {"close_after": 1, "min_updates": 2}, {"close_after": -1, "min_updates": 1}],
 )
 def test_rules_reject_bad_values(rules: dict[str, Any]) -> None:
     with pytest.raises(ConfigError, match=r"server\.round"):
