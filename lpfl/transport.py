@@ -113,6 +113,7 @@ def load_server_config(
     overrides (``server.*`` keys go to the server settings, the rest to the run config)."""
     table = read_toml(path)
     server_table = dict(table.pop("server", {}))
+    table.pop("field", None)  # read by `lpfl field` (lpfl.fleet)
     run_overrides = []
     for text in overrides:
         key, value = parse_override(text)

@@ -1,7 +1,9 @@
 """``lpfl field``: measure LP-FL against FP-FL with real client processes on shaped links.
 
 ``lpfl field --config RUN.toml --profiles lte,3g,wifi --clients N --rounds R
---methods lp-fl,fp-fl --out DIR [--time-budget-s S]`` needs root (namespaces, veth, tc). Without
+--methods lp-fl,fp-fl --out DIR [--time-budget-s S]`` needs root (namespaces, veth, tc). A run
+file with a ``[field.fleet]`` (:mod:`lpfl.fleet`) sets the clients, their links and devices
+instead of ``--profiles`` and ``--clients``, and needs cgroups for the CPU quotas. Without
 it the command says so and exits 2 before creating anything. ``lpfl field --cleanup`` removes
 what killed runs left behind (every run also does so before it starts); ``lpfl field --out DIR
 --report-only`` rewrites DIR's report from the ``field.json`` files there (after an interrupted
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lpfl.errors import LpflError
+from lpfl.fleet import load_fleet
 from lpfl.harness.field.netns import missing_privileges, sweep
 from lpfl.methods import METHODS
 from lpfl.profiles.links import LINKS_FILE
@@ -31,11 +34,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "namespace behind a tc-shaped veth link and a delay proxy, once per link profile and "
         "method; write DIR/report.md with plots of bytes, seconds and accuracy.")
     parser.add_argument("--config", type=Path, help="TOML run file (required unless --cleanup)")
-    parser.add_argument("--links", type=Path, default=LINKS_FILE,
+    parser.add_argument("--links", type=Path,
                         help="TOML link profiles (default: the ones lpfl ships: lte, 3g, wifi)")
-    parser.add_argument("--profiles", default="lte,3g,wifi",
-                        help="comma-separated profile names")
-    parser.add_argument("--clients", type=int, default=2, help="client processes")
+    parser.add_argument("--profiles",
+                        help="comma-separated profile names (default lte,3g,wifi)")
+    parser.add_argument("--clients", type=int, help="client processes (default 2)")
     parser.add_argument("--rounds", type=int, help="rounds per run (default federation.rounds)")
     parser.add_argument("--methods", default="lp-fl,fp-fl",
                         help="comma-separated methods")
@@ -85,16 +88,23 @@ def run(args: argparse.Namespace) -> int:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise LpflError(f"--methods: unknown {', '.join(unknown)}")
-    if args.clients < 1:
+    fleet = load_fleet(args.config)
+    given = [f"--{name}" for name in ("links", "profiles", "clients")
+             if getattr(args, name) is not None]
+    if fleet is not None and given:
+        raise LpflError(f"{args.config} has a [field.fleet], which sets the clients and their "
+                        f"links: drop {', '.join(given)} (or the fleet)")
+    clients = 2 if args.clients is None else args.clients
+    if clients < 1:
         raise LpflError("--clients must be at least 1")
     rounds = args.rounds
     if rounds is None:
         rounds = load_server_config(args.config)[0].federation.rounds
-    plan = FieldPlan(config=args.config, links=args.links,
-                     profiles=[p for p in args.profiles.split(",") if p], clients=args.clients,
-                     rounds=rounds, methods=methods, out=args.out,
+    plan = FieldPlan(config=args.config, links=args.links or LINKS_FILE,
+                     profiles=[p for p in (args.profiles or "lte,3g,wifi").split(",") if p],
+                     clients=clients, rounds=rounds, methods=methods, out=args.out,
                      time_budget_s=args.time_budget_s, verify_seconds=args.verify_seconds,
-                     target_accuracy=args.target_accuracy)
+                     target_accuracy=args.target_accuracy, fleet=fleet)
     # A plain `kill` should still remove the namespaces: make SIGTERM unwind like Ctrl-C does.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     report = field(plan)

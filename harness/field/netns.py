@@ -9,8 +9,9 @@ the cleanup with :mod:`atexit`, for runs that die by an exception the context ma
 Neither helps when the orchestrator is killed with SIGKILL. So before it makes anything, a run
 records itself in ``STATE_DIR/<prefix>.json``: its own pid and start time, and later every process
 it starts (the server, the clients). :func:`sweep` finds the records whose owner is gone, kills
-what is left of that run (its recorded processes, anything still inside its namespaces), deletes
-its namespaces and links and drops the record. Every run sweeps before it starts, and
+what is left of that run (its recorded processes, anything still inside its namespaces or its
+cgroups), deletes its namespaces, links and cgroups (:mod:`lpfl.harness.field.cpu_quota`) and
+drops the record. Every run sweeps before it starts, and
 ``lpfl field --cleanup`` sweeps on demand. A record names a process by pid *and* start time, so a
 pid reused by an unrelated process is never killed.
 
@@ -35,6 +36,7 @@ from pathlib import Path
 from types import TracebackType
 
 from lpfl.errors import LpflError
+from lpfl.harness.field.cpu_quota import remove_groups
 from lpfl.results import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -209,9 +211,11 @@ def sweep(state_dir: Path = STATE_DIR) -> list[str]:
             for pid in _netns_pids(name):
                 _kill(pid)
         cleanup(prefix)
+        groups = remove_groups(prefix)
         path.unlink(missing_ok=True)
         log.warning("removed what field run %s (pid %d, killed) left: namespaces %s, %d "
-                    "processes", prefix, owner.pid, netns or "none", len(processes))
+                    "processes, cgroups %s", prefix, owner.pid, netns or "none",
+                    len(processes), [str(g) for g in groups] or "none")
         removed.append(prefix)
     return removed
 

@@ -18,19 +18,23 @@ link rate) and marked ``"extrapolated": true``; their accuracy is never invented
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from lpfl.config import RunConfig
 from lpfl.errors import LpflError
+from lpfl.fleet import Fleet
+from lpfl.harness.field.calibrate import cpu_quota, measure_host
+from lpfl.harness.field.cpu_quota import ClientGroups, Limits, detect, missing_cgroups
 from lpfl.harness.field.delay_proxy import Chunk, ProxyGroup
 from lpfl.harness.field.netns import Namespaces, NotPermitted, missing_privileges
 from lpfl.harness.field.shaping import shape, verify
@@ -44,8 +48,9 @@ from lpfl.harness.launch import (
 )
 from lpfl.harness.run_report import full_model_payload
 from lpfl.methods import Trains, lookup
+from lpfl.profiles.devices import load_device_profile
 from lpfl.profiles.links import LinkProfile, load_profiles
-from lpfl.records import ClientStatus
+from lpfl.records import ClientEmulation, ClientStatus, RoundRecord
 from lpfl.transport import ServerSettings, load_server_config
 
 log = logging.getLogger(__name__)
@@ -56,7 +61,9 @@ EXTRAPOLATED = "extrapolated"
 
 @dataclass(frozen=True)
 class FieldPlan:
-    """Everything ``lpfl field`` was asked to do."""
+    """Everything ``lpfl field`` was asked to do: one run per link profile in ``profiles`` with
+    ``clients`` clients each, or with a ``fleet``, one run of the fleet's clients, each on its
+    own link and device."""
 
     config: Path
     links: Path
@@ -69,6 +76,31 @@ class FieldPlan:
     run_timeout_s: float = 6 * 3600.0
     verify_seconds: float = 2.0
     target_accuracy: float | None = None
+    fleet: Fleet | None = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """The clients of one series of runs: client ``i`` gets ``links[i]`` and, in a fleet,
+    ``emulations[i]`` (its device and CPU quota). ``name`` names the output folder."""
+
+    name: str
+    links: Sequence[LinkProfile]
+    emulations: Sequence[ClientEmulation] = ()
+    calibration: Mapping[str, Any] | None = None
+
+    @property
+    def clients(self) -> int:
+        return len(self.links)
+
+    def profile_document(self) -> dict[str, Any]:
+        """What ``field.json`` says of the link: the profile, or for a fleet its slowest link
+        (by uplink) under the fleet's name, which the report's rate columns use."""
+        slowest = min(self.links, key=lambda p: p.uplink_mbit)
+        if len({p.name for p in self.links}) == 1:
+            return asdict(slowest)
+        return asdict(slowest) | {"name": self.name, "source": f"the slowest link of fleet "
+                                  f"{self.name} ({slowest.name}); each client's is in clients"}
 
 
 @dataclass(frozen=True)
@@ -136,14 +168,15 @@ def transfer_seconds(chunks: Sequence[Chunk], window: tuple[int, int],
 
 def field_rows(rounds: Sequence[dict[str, Any]],
                chunks_by_client: dict[str, dict[str, list[Chunk]]],
-               profile: LinkProfile) -> list[dict[str, Any]]:
-    """Per round: wall time, accuracy, bytes; per client: the seconds of each phase.
+               delays: Mapping[str, float]) -> list[dict[str, Any]]:
+    """Per round: wall time, accuracy, bytes; per client: the seconds of each phase, and in a
+    fleet run the device, link and CPU quota it ran with (``emulation``).
 
-    Upload and download seconds are :func:`transfer_seconds` of the payload plus the one-way
-    delay (first byte sent to last byte delivered); waiting is what is left of the round's wall
-    time after download, compute, upload and the server's evaluation (``eval_seconds``).
+    Upload and download seconds are :func:`transfer_seconds` of the payload plus the client's
+    one-way delay (``delays``; first byte sent to last byte delivered); waiting is what is left
+    of the round's wall time after download, compute, upload and the server's evaluation
+    (``eval_seconds``).
     """
-    delay = profile.one_way_delay_s
     streamed: dict[tuple[str, str], int] = {}  # bytes of each client's stream before a round
     rows = []
     for record in rounds:
@@ -151,6 +184,7 @@ def field_rows(rounds: Sequence[dict[str, Any]],
         clients = []
         for c in record["clients"]:
             cid = c["client_id"]
+            delay = delays[cid]
             times = {}
             for direction in ("up", "down"):
                 wire = c[f"wire_{direction}link_bytes"]
@@ -176,7 +210,8 @@ def field_rows(rounds: Sequence[dict[str, Any]],
                 "wait_seconds": max(record["seconds"] - evaluation - upload - download - compute,
                                     0.0),
                 "upload_timed": times["up"] is not None,
-                "download_timed": times["down"] is not None})
+                "download_timed": times["down"] is not None}
+                | ({"emulation": c["emulation"]} if "emulation" in c else {}))
         rows.append({"round": record["round"], "seconds": record["seconds"],
                      "eval_seconds": evaluation,
                      "accuracy": record["eval_metrics"].get("accuracy"),
@@ -226,55 +261,77 @@ def extrapolate(rows: list[dict[str, Any]], budget: RoundBudget, profile: LinkPr
 
 
 class FieldRunner:
-    """Runs the plan inside one set of namespaces; one server run per profile and method."""
+    """Runs the plan inside one set of namespaces; one server run per scenario and method."""
 
     def __init__(self, plan: FieldPlan) -> None:
         self.plan = plan
         self.config, self.settings = load_server_config(plan.config)
-        if plan.clients > self.config.data.num_clients:
-            raise LpflError(f"--clients {plan.clients} exceeds data.num_clients="
+        clients = plan.fleet.size if plan.fleet is not None else plan.clients
+        if clients > self.config.data.num_clients:
+            raise LpflError(f"{clients} field clients exceed data.num_clients="
                             f"{self.config.data.num_clients} in {plan.config}")
-        self.profiles = load_profiles(plan.links, plan.profiles)
+        if plan.fleet is None:
+            self.scenarios = [Scenario(p.name, [p] * plan.clients)
+                              for p in load_profiles(plan.links, plan.profiles)]
+        else:
+            layout = detect()
+            reason = missing_cgroups(layout)
+            if reason:
+                raise NotPermitted(f"a fleet run emulates device speed with cgroups: {reason}")
+            self.scenarios = [fleet_scenario(plan.fleet, self.config)]
         self.compute_estimate_s = 0.0
 
     def run(self) -> Path:
-        """Every profile and method; returns the report's path."""
+        """Every scenario and method; returns the report's path."""
         from lpfl.harness.field.report import write_field_report
 
         self.plan.out.mkdir(parents=True, exist_ok=True)
         written = []
-        namespaces = Namespaces(self.plan.clients)
+        namespaces = Namespaces(max(s.clients for s in self.scenarios))
         with namespaces as links:
-            for profile in self.profiles:
+            for scenario in self.scenarios:
                 checks = []
-                for link in links:
+                for link, profile in zip(links, scenario.links, strict=True):
                     shape(link, profile)
-                    checks += [asdict(m) | {"client": link.index}
+                    checks += [asdict(m) | {"client": link.index, "profile": profile.name}
                                for m in verify(link, profile, seconds=self.plan.verify_seconds)]
-                for method in self.plan.methods:
-                    written.append(self.run_one(namespaces, profile, method, checks))
+                limits = [Limits(e.cpu_quota, e.memory_limit_mb) for e in scenario.emulations]
+                with contextlib.ExitStack() as stack:
+                    groups = (stack.enter_context(ClientGroups(namespaces.prefix, limits))
+                              if limits else [])
+                    wrappers = [g.exec_prefix() for g in groups] or [[] for _ in scenario.links]
+                    for method in self.plan.methods:
+                        written.append(self.run_one(namespaces, scenario, method, checks,
+                                                    wrappers))
         return write_field_report(self.plan.out, self.plan.target_accuracy, written)
 
-    def run_one(self, namespaces: Namespaces, profile: LinkProfile, method: str,
-                checks: list[dict[str, Any]]) -> Path:
-        """One server run; writes ``OUT/<profile>/<method>/field.json`` and returns it."""
-        out = self.plan.out / profile.name / method
+    def run_one(self, namespaces: Namespaces, scenario: Scenario, method: str,
+                checks: list[dict[str, Any]], wrappers: Sequence[list[str]]) -> Path:
+        """One server run; writes ``OUT/<scenario>/<method>/field.json`` and returns it."""
+        out = self.plan.out / scenario.name / method
         out.mkdir(parents=True, exist_ok=True)
-        estimate = estimate_round_seconds(method, profile, self.config, self.settings,
-                                          self.compute_estimate_s)
+        estimates = {p.name: (estimate_round_seconds(method, p, self.config, self.settings,
+                                                     self.compute_estimate_s), p)
+                     for p in scenario.links}
+        estimate, slowest = max(estimates.values(), key=lambda e: e[0])
         budget = round_budget(method, self.plan.rounds, estimate, self.plan.time_budget_s)
-        print(f"{profile.name} / {method}: {budget.note}", flush=True)
+        print(f"{scenario.name} / {method}: {budget.note}", flush=True)
         rounds: list[dict[str, Any]] = []
         chunks: dict[str, dict[str, list[Chunk]]] = {}
         if budget.measured > 0:
-            rounds, chunks = self._serve(namespaces, profile, method, budget, out)
-        rows = field_rows(rounds, chunks, profile)
+            rounds, chunks = self._serve(namespaces, scenario, method, budget, out, wrappers)
+        ids = client_ids(scenario.clients)
+        if scenario.emulations:
+            rounds = with_emulations(rounds, dict(zip(ids, scenario.emulations, strict=True)))
+        delays = {cid: p.one_way_delay_s for cid, p in zip(ids, scenario.links, strict=True)}
+        rows = field_rows(rounds, chunks, delays)
         computes = [c["compute_seconds"] for r in rows for c in r["clients"]
                     if c["status"] == ClientStatus.UPDATED]
         if computes and lookup(method).trains is not Trains.FULL:
             self.compute_estimate_s = max(self.compute_estimate_s, max(computes))
-        rows = extrapolate(rows, budget, profile, self.config, self.settings, self.plan.clients)
-        document = {"profile": asdict(profile), "method": method, "clients": self.plan.clients,
+        rows = extrapolate(rows, budget, slowest, self.config, self.settings, scenario.clients)
+        document = {"profile": scenario.profile_document(), "method": method,
+                    "clients": scenario.clients,
                     "rounds_requested": budget.requested, "rounds_measured": len(rounds),
                     "budget_note": budget.note, "shaping_check": checks,
                     "model": self.config.model.source,
@@ -285,17 +342,22 @@ class FieldRunner:
                     "proxy_bytes": {cid: {d: sum(c.nbytes for c in cs) for d, cs in by.items()}
                                     for cid, by in chunks.items()},
                     "rounds": rows}
+        if scenario.emulations:
+            document["fleet"] = {"name": scenario.name, "clients": {
+                cid: asdict(e) for cid, e in zip(ids, scenario.emulations, strict=True)}}
+            document["calibration"] = scenario.calibration
         path = out / "field.json"
         path.write_text(json.dumps(document, indent=1), encoding="utf-8")
         return path
 
-    def _serve(self, namespaces: Namespaces, profile: LinkProfile, method: str,
-               budget: RoundBudget, out: Path
+    def _serve(self, namespaces: Namespaces, scenario: Scenario, method: str,
+               budget: RoundBudget, out: Path, wrappers: Sequence[list[str]]
                ) -> tuple[list[dict[str, Any]], dict[str, dict[str, list[Chunk]]]]:
         """One server and its clients; every process is tracked in the run's record, so a
-        sweep after a ``kill -9`` of this process can stop them."""
-        links = namespaces.links
-        ids = [f"client-{link.index}" for link in links]
+        sweep after a ``kill -9`` of this process can stop them. Client ``i``'s command starts
+        with ``wrappers[i]`` (its cgroup, in a fleet)."""
+        links = namespaces.links[:scenario.clients]
+        ids = client_ids(scenario.clients)
         tokens, tokens_file = prepare_run_dir(out, ids)
         port = free_port()
         deadline_s = max(self.settings.round.deadline_s, 3 * budget.estimated_round_s + 120)
@@ -311,7 +373,8 @@ class FieldRunner:
         write_run_file(run_config, client_config)
         cli = [sys.executable, "-m", "lpfl.cli"]
         results = out / "results.json"
-        specs = [(link.host_ip, profile.one_way_delay_s) for link in links]
+        specs = [(link.host_ip, profile.one_way_delay_s)
+                 for link, profile in zip(links, scenario.links, strict=True)]
         group = ProxyGroup(specs, "127.0.0.1", port)
         with (out / "server.log").open("wb") as server_log, group as proxy_ports:
             server = subprocess.Popen([*cli, "server", "--config", str(self.plan.config),
@@ -320,11 +383,12 @@ class FieldRunner:
             procs: list[subprocess.Popen[bytes]] = []
             try:
                 wait_for_port(port, server, timeout_s=300)
-                for link, cid, pport in zip(links, ids, proxy_ports, strict=True):
+                for link, cid, pport, wrapper in zip(links, ids, proxy_ports, wrappers,
+                                                     strict=True):
                     env = {**os.environ, "LPFL_TOKEN": tokens[cid]}
                     with (out / f"{cid}.log").open("wb") as log_file:
                         procs.append(subprocess.Popen(
-                            [*link.exec_prefix(), *cli, "client", "--server",
+                            [*wrapper, *link.exec_prefix(), *cli, "client", "--server",
                              f"ws://{link.host_ip}:{pport}", "--client-id", cid, "--config",
                              str(client_config)], stdout=log_file, stderr=subprocess.STDOUT,
                             env=env))
@@ -334,6 +398,45 @@ class FieldRunner:
                 stop_processes([*procs, server])
             chunks = {cid: p.chunks for cid, p in zip(ids, group.proxies, strict=True)}
         return read_rounds(results), chunks
+
+
+def client_ids(count: int) -> list[str]:
+    """The ids of a run's clients (a fleet's :meth:`~lpfl.fleet.Fleet.assign` uses the same)."""
+    return [f"client-{i}" for i in range(count)]
+
+
+def fleet_scenario(fleet: Fleet, config: RunConfig) -> Scenario:
+    """The fleet's clients with their links, devices and CPU quotas, from a calibration of
+    this host on the run's model (measured now, written into every ``field.json``)."""
+    assignments = fleet.assign()
+    profiles = {p.name: p for p in load_profiles(fleet.link_file, fleet.link_names())}
+    devices = {a.device: load_device_profile(a.device) for a in assignments}
+    host = measure_host(config)
+    quotas = {name: cpu_quota(host, d.speed) for name, d in devices.items()}
+    print(f"calibration on {host.cpu_model}: a training step of {host.tokens_per_step} tokens "
+          f"takes {host.train_step_s:.3f} s; CPU quotas "
+          + ", ".join(f"{n}={'none' if q is None else f'{q:.3f}'}" for n, q in quotas.items()),
+          flush=True)
+    emulations = [ClientEmulation(a.device, a.link, quotas[a.device],
+                                  devices[a.device].memory_budget_mb) for a in assignments]
+    calibration = asdict(host) | {"train_tokens_per_s": host.train_tokens_per_s,
+                                  "cpu_quotas": quotas,
+                                  "speed_references": {n: asdict(d.speed) if d.speed else None
+                                                       for n, d in devices.items()}}
+    return Scenario(fleet.name, [profiles[a.link] for a in assignments], emulations,
+                    calibration)
+
+
+def with_emulations(rounds: Sequence[dict[str, Any]],
+                    emulations: Mapping[str, ClientEmulation]) -> list[dict[str, Any]]:
+    """The server's round records with each client's emulation added (clients the fleet does
+    not know keep none)."""
+    out = []
+    for document in rounds:
+        record = RoundRecord.from_dict(document)
+        clients = [replace(c, emulation=emulations.get(c.client_id)) for c in record.clients]
+        out.append(document | replace(record, clients=clients).to_dict())
+    return out
 
 
 def _toml_value(value: Any) -> str:
