@@ -35,7 +35,7 @@ from torch import nn
 
 from lpfl.artefact import LORA_TAG, TOKEN_INPUTS, pad_tokens, tensor_bytes
 from lpfl.errors import ArtefactError
-from lpfl.export.scoring_graph import ScoringGraph, attention_mask_4d
+from lpfl.export.scoring_graph import ScoringGraph, attention_mask_4d, class_scores
 from lpfl.model.prompt import PromptModel
 
 log = logging.getLogger(__name__)
@@ -97,11 +97,13 @@ def _swap_norms(body: nn.Module) -> int:
 
 
 class ConstantLoraScorer(nn.Module):
-    """Label-word logits from ``(input_ids, attention_mask, position_ids)``, with the LoRA
+    """Class scores from ``(input_ids, attention_mask, position_ids)``, with the LoRA
     tensors as constants of a copy of the body (the eager prompt model is not touched).
 
     The copy's LoRA tensors get distinct seeded random values (see the module docstring);
-    :attr:`lora_params` maps each PEFT name to its parameter here.
+    :attr:`lora_params` maps each PEFT name to its parameter here. The label-word rows of the
+    head stay a float32 constant; the whole head that words of several tokens need
+    (:mod:`lpfl.model.verbalizer`) is a linear layer, quantized like the base.
     """
 
     label_weight: torch.Tensor
@@ -116,10 +118,18 @@ class ConstantLoraScorer(nn.Module):
                                 "export it with --target onnx")
         config._attn_implementation = ATTENTION
         log.debug("swapped %d RMSNorm layers", _swap_norms(self.body))
-        self.register_buffer("label_weight", graph.label_weight.clone())
         if graph.label_bias is not None:
             raise ArtefactError("label-word heads with a bias are not supported by the "
                                 "ExecuTorch exporter; use --target onnx")
+        self.words = graph.words
+        self.lm_head: nn.Linear | None = None
+        if graph.words.single:
+            self.register_buffer("label_weight", graph.label_weight.clone())
+        else:
+            vocab, width = graph.label_weight.shape
+            self.lm_head = nn.Linear(width, vocab, bias=False).requires_grad_(False)
+            with torch.no_grad():
+                self.lm_head.weight.copy_(graph.label_weight)
         params = dict(self.body.named_parameters())
         self.lora_params = {name: params[body_name]
                             for name, body_name in zip(graph.lora_names, graph.body_names,
@@ -131,9 +141,21 @@ class ConstantLoraScorer(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor) -> torch.Tensor:
+        return class_scores(self.words, self._hidden, self._head, input_ids, attention_mask,
+                            position_ids)
+
+    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                position_ids: torch.Tensor) -> torch.Tensor:
         out = self.body(input_ids=input_ids, attention_mask=attention_mask_4d(attention_mask),
                         position_ids=position_ids, use_cache=False)
-        return nn.functional.linear(out.last_hidden_state[:, -1, :], self.label_weight)
+        states: torch.Tensor = out.last_hidden_state
+        return states
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        if self.lm_head is None:
+            return nn.functional.linear(hidden, self.label_weight)
+        head: torch.Tensor = self.lm_head(hidden)
+        return head
 
 
 def static_example(pm: PromptModel, texts: list[str], batch: int,

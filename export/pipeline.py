@@ -50,7 +50,8 @@ def build_score_program(config: ExportConfig, pm: PromptModel,
     static method per sequence bucket (:mod:`lpfl.export.constant_lora`)."""
     if config.runtime == "onnxruntime":
         program = stages.export_program(graph, example_inputs(pm, graph),
-                                        dynamic_shapes(graph, pm.max_length))
+                                        dynamic_shapes(graph, pm.max_length),
+                                        runtime_asserts=not graph.words.single)
         return ScoreProgram(quantize_onnx(export_onnx(program, graph.lora_names, config.out),
                                           config.quant, config.group_size))
     scorer = ConstantLoraScorer(graph).eval()
@@ -101,7 +102,7 @@ def run_export(config: ExportConfig) -> tuple[Manifest, Parity | None]:
                                    if Path(f).is_file()))
     manifest = Manifest(model_id=pm.base.model_id, tokenizer_files=tokenizer_files,
                         pattern=run.prompt.pattern, label_words=run.prompt.label_words,
-                        label_ids=tuple(pm.label_ids), max_seq_len=pm.max_length,
+                        label_tokens=pm.encoder.label_tokens, max_seq_len=pm.max_length,
                         lora_shapes=graph.lora_shapes, lora=run.lora, programs=tuple(programs),
                         max_batch=score.static_batch or MAX_BATCH,
                         static_batch=score.static_batch, seq_buckets=score.seq_buckets,

@@ -1,14 +1,17 @@
 """The graph a device runs to soft-label: the prompt model's scorer with LoRA as inputs.
 
-``ScoringGraph`` maps ``(input_ids, attention_mask, position_ids, *lora)`` to the label-word
-logits ``[batch, classes]`` at the last position of a left-padded causal LM, exactly what
+``ScoringGraph`` maps ``(input_ids, attention_mask, position_ids, *lora)`` to the class scores
+``[batch, classes]`` of a left-padded causal LM, exactly what
 :meth:`lpfl.model.prompt.PromptModel.class_logits` computes. Two choices make it a good program:
 
 * The LoRA tensors are inputs (substituted with ``torch.func.functional_call``), so the base
   weights stay constants that can be quantized and delegated, and a client feeds each round's
   global adapter without re-exporting; the base ships once.
-* Only the label-word rows of the LM head are kept (a ``[classes, hidden]`` matrix instead of
-  ``[vocab, hidden]``), which saves the vocabulary-wide matmul and its weights.
+* When every label word is one token only the label-word rows of the LM head are kept (a
+  ``[classes, hidden]`` matrix instead of ``[vocab, hidden]``), which saves the vocabulary-wide
+  matmul and its weights. A word of several tokens needs log-probabilities, hence the whole head
+  at the last ``L`` positions of one row per (prompt, class) (:mod:`lpfl.model.verbalizer`); the
+  graph then stores its own copy of the head.
 
 The attention mask is built here as a 4-D additive mask (causal, real keys only, every position
 may see itself so no row is empty); transformers uses a 4-D mask as is, which keeps its
@@ -18,6 +21,7 @@ vmap-based mask construction out of the exported graph.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import torch
 from peft import PeftModel
@@ -29,6 +33,7 @@ from lpfl.artefact import TOKEN_INPUTS
 from lpfl.errors import ModelError
 from lpfl.model.adapters import trainable_state
 from lpfl.model.prompt import PromptModel
+from lpfl.model.verbalizer import LabelWords
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +55,24 @@ def attention_mask_4d(attention_mask: torch.Tensor) -> torch.Tensor:
     return blocked * torch.finfo(torch.float32).min
 
 
+Hidden = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(input_ids, attention_mask, position_ids)`` -> the body's last hidden states."""
+
+
+def class_scores(words: LabelWords, hidden: Hidden, head: Callable[[torch.Tensor], torch.Tensor],
+                 input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 position_ids: torch.Tensor) -> torch.Tensor:
+    """``[batch, classes]`` from a model body and its head (label-word rows when every word is
+    one token, else the whole head): the head at the last position, or every class's summed
+    log-probability (:meth:`~lpfl.model.verbalizer.LabelWords.log_probs`)."""
+    if words.single:
+        return head(hidden(input_ids, attention_mask, position_ids)[:, -1, :])
+    return words.log_probs(lambda ids, mask, positions, keep: head(
+        hidden(ids, mask, positions)[:, -keep:, :]), input_ids, attention_mask, position_ids)
+
+
 class ScoringGraph(nn.Module):
-    """Label-word logits of a LoRA-wrapped causal LM, with the LoRA tensors as inputs.
+    """Class scores of a LoRA-wrapped causal LM, with the LoRA tensors as inputs.
 
     ``lora_names`` are the PEFT state-dict names (as in
     :func:`lpfl.model.adapters.trainable_state`), in the order :meth:`forward` takes them.
@@ -70,10 +91,12 @@ class ScoringGraph(nn.Module):
                              f"{pm.base.model_id} is a masked LM: use --backend eager for it")
         lm: PreTrainedModel = pm.network.get_base_model()  # type: ignore[assignment]
         self.body: nn.Module = lm.base_model
+        self.words = pm.label_words
         head: nn.Module = lm.get_output_embeddings()
-        rows = torch.tensor(pm.label_ids)
+        rows = self.words.ids if self.words.single else slice(None)
         weight: torch.Tensor = head.weight  # type: ignore[assignment]
         self.register_buffer("label_weight", weight.detach()[rows].clone())
+        """The head rows scored: the label words' when each is one token, else all."""
         bias: torch.Tensor | None = getattr(head, "bias", None)
         self.register_buffer("label_bias", None if bias is None else bias.detach()[rows].clone())
         self.lora_names = list(trainable_state(pm))
@@ -99,12 +122,20 @@ class ScoringGraph(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor, *lora: torch.Tensor) -> torch.Tensor:
         params = dict(zip(self.body_names, lora, strict=True))
-        out = functional_call(self.body, params, args=(), kwargs={
-            "input_ids": input_ids, "attention_mask": attention_mask_4d(attention_mask),
-            "position_ids": position_ids, "use_cache": False})
-        last = out.last_hidden_state[:, -1, :]
-        logits: torch.Tensor = nn.functional.linear(last, self.label_weight, self.label_bias)
-        return logits
+
+        def hidden(ids: torch.Tensor, mask: torch.Tensor,
+                   positions: torch.Tensor) -> torch.Tensor:
+            out = functional_call(self.body, params, args=(), kwargs={
+                "input_ids": ids, "attention_mask": attention_mask_4d(mask),
+                "position_ids": positions, "use_cache": False})
+            states: torch.Tensor = out.last_hidden_state
+            return states
+
+        return class_scores(self.words, hidden, self._head, input_ids, attention_mask,
+                            position_ids)
+
+    def _head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(hidden, self.label_weight, self.label_bias)
 
 
 def example_inputs(pm: PromptModel, graph: ScoringGraph) -> tuple[torch.Tensor, ...]:

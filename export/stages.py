@@ -112,11 +112,17 @@ def quantize(graph: nn.Module, quant: str, group_size: int = 32) -> nn.Module:
 
 
 def export_program(module: nn.Module, example: tuple[torch.Tensor, ...],
-                   shapes: tuple[Any, ...]) -> torch.export.ExportedProgram:
-    """``torch.export`` the scorer with dynamic batch and sequence length."""
+                   shapes: tuple[Any, ...],
+                   runtime_asserts: bool = False) -> torch.export.ExportedProgram:
+    """``torch.export`` the scorer with dynamic batch and sequence length.
+
+    ``runtime_asserts`` turns shape guards into asserts in the graph: needed for label words of
+    several tokens, whose rows of ``seq + L - 1`` tokens give torch's shape solver a contiguity
+    guard it cannot prove (it holds for every length)."""
     started = time.perf_counter()
     with torch.no_grad():
-        program = torch.export.export(module, example, dynamic_shapes=shapes, strict=False)
+        program = torch.export.export(module, example, dynamic_shapes=shapes, strict=False,
+                                      prefer_deferred_runtime_asserts_over_guards=runtime_asserts)
     log.info("torch.export in %.1f s", time.perf_counter() - started)
     return program
 

@@ -252,7 +252,7 @@ def build_loss_module(pm: PromptModel, quant: str = "none") -> PromptLoss:
 def example_inputs(pm: PromptModel, batch_size: int,
                    max_seq_len: int) -> tuple[torch.Tensor, ...]:
     """Inputs of the program's fixed shapes (the values only guide tracing)."""
-    ids = torch.full((batch_size, max_seq_len), pm.label_ids[0], dtype=torch.long)
+    ids = torch.full((batch_size, max_seq_len), pm.encoder.label_tokens[0][0], dtype=torch.long)
     mask = torch.ones(batch_size, max_seq_len, dtype=torch.long)
     positions = torch.arange(max_seq_len).expand(batch_size, max_seq_len).contiguous()
     targets = torch.full((batch_size, pm.num_classes), 1.0 / pm.num_classes)

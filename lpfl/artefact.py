@@ -2,8 +2,8 @@
 
 An artefact folder holds one or more programs (a soft-labelling ``score`` program, optionally an
 on-device ``train`` program), the tokenizer files and this manifest. The manifest records what a
-client needs to use the programs without the torch model (prompt pattern, label words and their
-token ids, maximum sequence length, LoRA tensor names and shapes) and what it must match: the
+client needs to use the programs without the torch model (prompt pattern, label words and each
+word's token ids, maximum sequence length, LoRA tensor names and shapes) and what it must match: the
 runtime and its exact version (a program only runs in the runtime version that wrote it), the
 base model id and the adapter shapes. :func:`check_compatible` refuses a mismatch with an
 :class:`~lpfl.errors.ArtefactError` that says which field differs and what to do.
@@ -114,7 +114,9 @@ class Manifest:
     """Relative paths of the copied tokenizer files (load with AutoTokenizer on their folder)."""
     pattern: str
     label_words: tuple[str, ...]
-    label_ids: tuple[int, ...]
+    label_tokens: tuple[tuple[int, ...], ...]
+    """Each label word's token ids, as the exporting tokenizer split it; the program scores a word
+    of several tokens by their summed log-probability (:mod:`lpfl.model.verbalizer`)."""
     max_seq_len: int
     lora_shapes: Mapping[str, tuple[int, ...]]
     """PEFT state-dict names -> shapes, in the order a score program takes them as inputs."""
@@ -172,6 +174,8 @@ def load_manifest(directory: Path) -> Manifest:
     if table.get("schema") != SCHEMA_VERSION:
         raise ArtefactError(f"{path} has manifest schema {table.get('schema')!r}, this lpfl "
                             f"reads schema {SCHEMA_VERSION}: re-export with this lpfl version")
+    if "label_ids" in table:  # written before words of several tokens: one id per word
+        table["label_tokens"] = [[i] for i in table.pop("label_ids")]
     try:
         return build_section(Manifest, table, "manifest")
     except ConfigError as exc:

@@ -140,10 +140,11 @@ def open_encoder(artefact: Path, manifest: Manifest) -> PromptEncoder:
     tokenizer = AutoTokenizer.from_pretrained(artefact / manifest.tokenizer_dir)
     encoder = PromptEncoder(tokenizer, PromptSettings(manifest.pattern, manifest.label_words),
                             manifest.max_seq_len, causal=True)
-    if tuple(encoder.label_ids) != tuple(manifest.label_ids):
+    if encoder.label_tokens != manifest.label_tokens:
         raise ArtefactError(f"the artefact's tokenizer maps {list(manifest.label_words)} to "
-                            f"{encoder.label_ids}, its manifest says {list(manifest.label_ids)}: "
-                            "the tokenizer files are damaged; copy the artefact again")
+                            f"tokens {list(encoder.label_tokens)}, its manifest says "
+                            f"{list(manifest.label_tokens)}: the tokenizer files are damaged; "
+                            "copy the artefact again")
     return encoder
 
 

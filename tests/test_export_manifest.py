@@ -31,7 +31,8 @@ def artefact(tmp_path: Path) -> tuple[Path, Manifest]:
     program.write_bytes(b"program bytes")
     manifest = Manifest(
         model_id="tiny-llama", tokenizer_files=("tokenizer/tokenizer.json",),
-        pattern="Review: {text} It was", label_words=(" bad", " good"), label_ids=(7, 9),
+        pattern="Review: {text} It was", label_words=(" bad", " so good"),
+        label_tokens=((7,), (31, 9)),
         max_seq_len=48, lora_shapes=SHAPES, lora=LoraSettings(),
         programs=(program_entry(program, tmp_path, "score", "executorch", "none"),))
     write_manifest(tmp_path, manifest)
@@ -54,6 +55,14 @@ def test_round_trip_keeps_every_field(artefact: tuple[Path, Manifest]) -> None:
     assert len(entry.sha256) == 64
     assert loaded.exporter["torch"] == installed_version("torch")
     assert loaded.tokenizer_dir == "tokenizer"
+
+
+def test_manifest_of_one_token_ids_per_word_still_loads(artefact: tuple[Path, Manifest]) -> None:
+    folder = artefact[0]
+    table = json.loads((folder / "manifest.json").read_text())
+    del table["label_tokens"]
+    (folder / "manifest.json").write_text(json.dumps({**table, "label_ids": [7, 9]}))
+    assert load_manifest(folder).label_tokens == ((7,), (9,))
 
 
 def test_compatible_artefact_passes(artefact: tuple[Path, Manifest]) -> None:

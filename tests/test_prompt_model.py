@@ -11,6 +11,8 @@ TEXTS = ["a gorgeous , funny film", "dull", "the plot is a mess and the acting i
          "fine"]
 MLM_PROMPT = PromptSettings(pattern="Review: {text} All in all, it was [MASK].",
                             label_words=("terrible", "great"))
+MULTI_TOKEN = PromptSettings(label_words=(" terrible", " very good", " not good at all"))
+"""Words of 1, 2 and 4 tokens for tiny-llama's word-level tokenizer."""
 
 
 def make(source: str = "tiny-llama", prompt: PromptSettings | None = None,
@@ -33,8 +35,51 @@ def test_causal_scores_are_label_word_logits_at_last_position() -> None:
     pm = make()
     batch = pm.encode(TEXTS[:1])
     full = pm.network(input_ids=batch["input_ids"]).logits[0, -1]
-    expected = full[pm.label_ids]
+    expected = full[[w for (w,) in pm.encoder.label_tokens]]
     torch.testing.assert_close(pm.score(TEXTS[:1])[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def summed_log_probs(pm: PromptModel, text: str) -> torch.Tensor:
+    """The reference score: one full forward pass per token of every label word."""
+    prompt = pm.tokenizer(pm.prompts([text])[0])["input_ids"]
+    scores = torch.zeros(pm.num_classes)
+    with torch.no_grad():
+        for c, word in enumerate(pm.encoder.label_tokens):
+            for k, token in enumerate(word):
+                ids = torch.tensor([[*prompt, *word[:k]]])
+                scores[c] += pm.network(input_ids=ids).logits[0, -1].log_softmax(-1)[token]
+    return scores
+
+
+def test_words_of_several_tokens_score_their_summed_log_probability() -> None:
+    pm = make(prompt=MULTI_TOKEN)
+    assert [len(w) for w in pm.encoder.label_tokens] == [1, 2, 4]
+    expected = torch.stack([summed_log_probs(pm, t) for t in TEXTS])
+    got = pm.score(TEXTS, batch_size=4)  # padded prompts of different lengths in one batch
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert bool((got < 0).all())  # log-probabilities, not logits
+
+
+def test_single_token_words_keep_the_raw_last_position_logits_bit_for_bit() -> None:
+    pm = make()
+    batch = pm.encode(TEXTS)
+    with torch.no_grad():
+        out = pm.network(**batch, logits_to_keep=1, use_cache=False).logits[:, -1]
+        ids = torch.tensor([w for (w,) in pm.encoder.label_tokens])
+        assert torch.equal(pm.class_logits(batch), out.index_select(-1, ids))
+    # Same softmax over the classes as the summed log-probabilities.
+    expected = torch.stack([summed_log_probs(pm, t) for t in TEXTS]).softmax(-1)
+    torch.testing.assert_close(pm.score(TEXTS).softmax(-1), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_several_token_scores_train_the_adapter() -> None:
+    pm = make(prompt=MULTI_TOKEN)
+    set_mode(pm, "lora", LoraSettings(r=4, target_modules=("q_proj", "v_proj")))
+    load_trainable_state(pm, {k: torch.randn_like(v) * 0.1
+                              for k, v in trainable_state(pm).items()})
+    pm.class_logits(pm.encode(TEXTS))[:, 2].sum().backward()
+    grads = [p.grad for p in pm.network.parameters() if p.requires_grad]
+    assert grads and all(g is not None and bool(g.abs().sum() > 0) for g in grads)
 
 
 def test_long_texts_are_cut_but_the_pattern_survives() -> None:
@@ -45,8 +90,12 @@ def test_long_texts_are_cut_but_the_pattern_survives() -> None:
 
 
 def test_bad_prompt_settings_are_model_errors() -> None:
-    with pytest.raises(ModelError, match=r"single token|not in this tokenizer"):
+    with pytest.raises(ModelError, match="not in this tokenizer"):
         make(prompt=PromptSettings(label_words=(" terrible", " zzqxj")))
+    with pytest.raises(ModelError, match="same tokens"):
+        make(prompt=PromptSettings(label_words=(" good", "good")))
+    with pytest.raises(ModelError, match="masked LM scores one"):
+        make("tiny-bert", PromptSettings(MLM_PROMPT.pattern, ("terrible", "very good")))
     with pytest.raises(ModelError, match=r"\[MASK\]"):
         make("tiny-bert", PromptSettings(label_words=("terrible", "great")))
     with pytest.raises(ModelError, match="max_length"):

@@ -36,7 +36,8 @@ def test_loads_the_quantized_base_and_wraps_it_with_lora(pm: PromptModel) -> Non
 
 
 def test_label_words_and_scores_order_sentiment(pm: PromptModel) -> None:
-    assert pm.tokenizer.convert_ids_to_tokens(pm.label_ids) == ["Ġterrible", "Ġgreat"]
+    assert pm.encoder.label_tokens == tuple(
+        (pm.tokenizer.convert_tokens_to_ids(t),) for t in ("Ġterrible", "Ġgreat"))
     scores = pm.score([POSITIVE, NEGATIVE])
     margin = scores[:, 1] - scores[:, 0]  # great minus terrible
     assert float(margin[0]) > float(margin[1]) + 1.0

@@ -1,8 +1,10 @@
-"""The prompt model: pattern + verbalizer on top of a language model, scored at one position.
+"""The prompt model: pattern + verbalizer on top of a language model.
 
 A pattern turns a text into a prompt and a verbalizer names one label word per class. The class
 scores are the LM's logits of the label words: at the last position for a causal LM (asking the
 head for that position only, ``logits_to_keep=1``), at the ``[MASK]`` position for a masked LM.
+A causal LM may have label words of several tokens: then every class scores the summed
+log-probability of its word's tokens (:mod:`lpfl.model.verbalizer`), one forward row per class.
 Everything above this module (soft labels, training, federation) sees only class logits.
 """
 
@@ -19,6 +21,7 @@ from transformers import PreTrainedTokenizerBase
 from lpfl.config import PromptSettings
 from lpfl.errors import ModelError
 from lpfl.model.loading import BaseModel
+from lpfl.model.verbalizer import LabelWords, label_tokens
 from lpfl.progress import bar
 
 log = logging.getLogger(__name__)
@@ -43,23 +46,6 @@ def lm_token_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask:
     return (losses * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def label_token_ids(tokenizer: PreTrainedTokenizerBase, words: Sequence[str]) -> list[int]:
-    """One vocabulary id per label word; a word that is several tokens is a ModelError."""
-    ids = []
-    for word in words:
-        pieces = tokenizer.encode(word, add_special_tokens=False)
-        if len(pieces) != 1:
-            raise ModelError(f"label word {word!r} is {len(pieces)} tokens for this tokenizer "
-                             f"({pieces}); choose a word that is a single token (for GPT-style "
-                             "tokenizers include the leading space, e.g. ' great')")
-        if pieces[0] == tokenizer.unk_token_id:
-            raise ModelError(f"label word {word!r} is not in this tokenizer's vocabulary")
-        ids.append(int(pieces[0]))
-    if len(set(ids)) != len(ids):
-        raise ModelError(f"label words {list(words)} map to the same token ids {ids}")
-    return ids
-
-
 class PromptEncoder:
     """Turns texts into model inputs for one pattern: no torch model needed.
 
@@ -67,6 +53,8 @@ class PromptEncoder:
     causal LM (the label word follows the last token; ``position_ids`` give each real token its
     unpadded position) and on the right for a masked LM (with the ``[MASK]`` index). An
     on-device scorer builds one from an exported artefact's tokenizer files.
+    ``label_tokens`` are the label words' token ids, one tuple per class (an artefact's manifest
+    records them; several tokens per word only for a causal LM).
     """
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, prompt: PromptSettings,
@@ -83,7 +71,7 @@ class PromptEncoder:
                                  "'Review: {text} All in all, it was [MASK].'")
             if self.tokenizer.mask_token is None:
                 raise ModelError("this masked LM's tokenizer has no mask token")
-        self.label_ids = label_token_ids(self.tokenizer, prompt.label_words)
+        self.label_tokens = label_tokens(self.tokenizer, prompt.label_words, causal)
         prefix, suffix = prompt.pattern.split("{text}")
         self._prefix = prefix
         self._suffix = suffix.replace(MASK_PLACEHOLDER, self.tokenizer.mask_token or "")
@@ -95,7 +83,11 @@ class PromptEncoder:
 
     @property
     def num_classes(self) -> int:
-        return len(self.label_ids)
+        return len(self.label_tokens)
+
+    def label_words(self) -> LabelWords:
+        """The label words' token tables and scorer (:mod:`lpfl.model.verbalizer`)."""
+        return LabelWords(self.label_tokens, int(self.tokenizer.pad_token_id))
 
     def for_pattern(self, pattern: str) -> PromptEncoder:
         """An encoder for another pattern with the same tokenizer, label words and length (a
@@ -172,11 +164,11 @@ class PromptModel:
         self.tokenizer = base.tokenizer
         self.causal = base.kind == "causal"
         self.encoder = PromptEncoder(self.tokenizer, prompt, max_length, self.causal)
-        self.label_ids = self.encoder.label_ids
+        self.label_words = self.encoder.label_words().to(self.device)
 
     @property
     def num_classes(self) -> int:
-        return len(self.label_ids)
+        return self.encoder.num_classes
 
     def prompts(self, texts: Sequence[str]) -> list[str]:
         return self.encoder.prompts(texts)
@@ -190,8 +182,14 @@ class PromptModel:
         return {k: v.to(self.device) for k, v in batch.items()}
 
     def class_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Label-word logits, shape ``[batch, num_classes]``; differentiable."""
-        label_ids = torch.tensor(self.label_ids, device=self.device)
+        """Class scores, shape ``[batch, num_classes]``; differentiable. The label-word logits
+        when every word is one token; for a causal LM with a word of several tokens, every
+        class's summed log-probability (:mod:`lpfl.model.verbalizer`)."""
+        words = self.label_words
+        if self.causal and not words.single:
+            return words.log_probs(self._logits_at, batch["input_ids"], batch["attention_mask"],
+                                   batch["position_ids"])
+        label_ids = words.ids
         if self.causal:
             out = self.network(input_ids=batch["input_ids"],
                                attention_mask=batch["attention_mask"],
@@ -203,6 +201,13 @@ class PromptModel:
         rows = torch.arange(batch["input_ids"].shape[0], device=self.device)
         masked: torch.Tensor = out.logits[rows, batch["mask_index"]].index_select(-1, label_ids)
         return masked
+
+    def _logits_at(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   position_ids: torch.Tensor, keep: int) -> torch.Tensor:
+        out = self.network(input_ids=input_ids, attention_mask=attention_mask,
+                           position_ids=position_ids, logits_to_keep=keep, use_cache=False)
+        logits: torch.Tensor = out.logits
+        return logits
 
     def lm_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The mean next-token cross-entropy over the real (unpadded) tokens of ``batch``'s
