@@ -46,6 +46,15 @@ from lpfl.errors import ConfigError
 from lpfl.protocol import RoundRules
 
 
+class EvaluationMode(enum.StrEnum):
+    """When the server evaluates a round's new global state."""
+
+    INLINE = "inline"
+    """Before the next round starts (the round's time includes it; the accuracy guard needs it)."""
+    BACKGROUND = "background"
+    """In another process while the next rounds train (``lpfl.server.background_eval``)."""
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """The aggregator process: network, security, storage and the :class:`RoundRules`.
@@ -59,7 +68,9 @@ class ServerSettings:
     ``upload_frame_timeout_s`` (a frame is at most 64 KiB, so this is also a minimum rate) gets
     ``timeout``, loses its turn and its connection. The server pings every connection each
     ``ping_interval_s`` and closes one that has not answered within ``ping_timeout_s``: clients
-    must keep answering pings while they train.
+    must keep answering pings while they train. ``evaluation`` (:class:`EvaluationMode`) says
+    whether each round's new global state is evaluated before the next round starts or in the
+    background, off the federation's critical path.
     """
 
     host: str = "127.0.0.1"
@@ -73,6 +84,7 @@ class ServerSettings:
     upload_frame_timeout_s: float = 30.0
     ping_interval_s: float = 20.0
     ping_timeout_s: float = 20.0
+    evaluation: EvaluationMode = EvaluationMode.INLINE
     round: RoundRules = field(default_factory=RoundRules)
 
     def __post_init__(self) -> None:
@@ -86,6 +98,9 @@ class ServerSettings:
             (0 < self.upload_frame_timeout_s < math.inf, "upload_frame_timeout_s must be > 0"),
             (0 < self.ping_interval_s < math.inf, "ping_interval_s must be > 0"),
             (0 < self.ping_timeout_s < math.inf, "ping_timeout_s must be > 0"),
+            (self.evaluation is EvaluationMode.INLINE or not self.round.guards_accuracy,
+             "evaluation=\"background\" cannot run with round.max-accuracy-drop: the guard "
+             "judges each state's accuracy before committing it; use evaluation = \"inline\""),
         )
         for ok, message in checks:
             if not ok:

@@ -20,7 +20,9 @@ machine; this module only moves bytes and time:
 - after each round: evaluates the new global state (in a thread) and hands the evaluation to the
   machine, which commits that state or keeps the last good one (``max-accuracy-drop``); writes
   the committed state's checkpoint atomically, hands the history to the results writer, and
-  tells the machine the round is recorded.
+  tells the machine the round is recorded. With a background evaluator
+  (:mod:`lpfl.server.background_eval`) the round is recorded at once and its evaluation is
+  filled into its record when it comes back; the run ends when every evaluation is back.
 
 Nothing a client sends can stop the server: a malformed frame, a refused update or a dropped
 connection becomes an error frame, a log line and a client outcome in the round record.
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -48,6 +51,7 @@ from lpfl.privacy import DpRound
 from lpfl.records import RoundRecord, Traffic
 from lpfl.results import ResultsWriter
 from lpfl.server.auth import TokenAuthenticator
+from lpfl.server.background_eval import BackgroundEvaluator
 from lpfl.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from lpfl.strategy import FedAvg
 from lpfl.tls import server_ssl_context
@@ -158,7 +162,8 @@ class AggregatorServer:
     checkpoint is refused rather than overwritten. With ``max-accuracy-drop`` set, the initial
     state is evaluated first (on a resume, the last recorded evaluation is used): the accuracy
     guard's first reference. With differential privacy, a resumed run's ε goes on from the
-    recorded rounds' (their ``privacy`` entries).
+    recorded rounds' (their ``privacy`` entries). With ``background``, rounds are evaluated by
+    that evaluator instead of ``evaluate``, off the critical path.
     """
 
     def __init__(
@@ -172,6 +177,7 @@ class AggregatorServer:
         tokens: Mapping[str, str],
         rounds: int,
         resume: bool = False,
+        background: BackgroundEvaluator | None = None,
     ) -> None:
         self.settings = settings
         self.checkpoint_path = Path(settings.run_dir) / CHECKPOINT_NAME
@@ -203,6 +209,11 @@ class AggregatorServer:
                         wire.MASKED_INPUT: self.machine.max_masked_bytes()}
         self._authenticate = TokenAuthenticator(tokens)
         self._evaluate = evaluate
+        self._background = background
+        self._evaluations: set[asyncio.Task[None]] = set()
+        self._writing = asyncio.Lock()
+        """Serialises checkpoint and results writes (rounds and late evaluations)."""
+        self._checkpoint: Checkpoint | None = None
         self._results = results
         self._sessions: dict[str, _Session] = {}
         self._window: dict[str, Traffic] = {}
@@ -219,8 +230,10 @@ class AggregatorServer:
     async def run(self) -> RunOutcome:
         """Serve until every round is recorded (or the run aborts); then say bye and close."""
         self._done = asyncio.get_running_loop().create_future()
+        self._resume_evaluations()
         if self.machine.phase is protocol.Phase.FINISHED:
             logger.info("all %d rounds are already recorded", self.machine.rounds)
+            await self._evaluations_done()
             return RunOutcome(True, "already finished", self.machine.global_state, self.history)
         ssl = (server_ssl_context(self.settings.certfile, self.settings.keyfile)
                if self.settings.tls else None)
@@ -243,11 +256,65 @@ class AggregatorServer:
                         self.machine.rounds)
             self.started.set()
             try:
-                return await self._done
+                outcome = await self._done
             finally:
                 if self._timer is not None:
                     self._timer.cancel()
                 await self._close_sessions()
+        await self._evaluations_done()
+        return outcome
+
+    def _resume_evaluations(self) -> None:
+        """Evaluate the recorded rounds whose background evaluation a crash interrupted; drop
+        the spooled states of rounds that were never recorded."""
+        if self._background is None:
+            return
+        recorded = {r.round for r in self.history}
+        for round_number in self._background.spooled():
+            if round_number in recorded:
+                self._evaluate_later(round_number)
+            else:
+                self._background.discard(round_number)
+
+    def _evaluate_later(self, round_number: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._fill_evaluation(round_number))
+        self._evaluations.add(task)
+        task.add_done_callback(self._evaluations.discard)
+
+    async def _fill_evaluation(self, round_number: int) -> None:
+        """Wait for a round's background evaluation and write it into its record."""
+        assert self._background is not None
+        try:
+            metrics, seconds = await self._background.evaluate(round_number)
+        except LpflError as exc:
+            logger.error("%s", exc)
+            if self._done is not None and not self._done.done():
+                self._done.set_exception(exc)
+            raise
+        async with self._writing:
+            index = next(i for i, r in enumerate(self.history) if r.round == round_number)
+            self.history[index] = dataclasses.replace(self.history[index], eval_metrics=metrics,
+                                                      eval_seconds=seconds)
+            await self._write_history()
+        logger.info("round %d evaluated in the background in %.1f s: %s", round_number,
+                    seconds, metrics)
+
+    async def _evaluations_done(self) -> None:
+        """Wait until every background evaluation is in its record, then stop the worker."""
+        if self._background is None:
+            return
+        try:
+            await asyncio.gather(*self._evaluations)
+        finally:
+            await asyncio.to_thread(self._background.close)
+
+    async def _write_history(self) -> None:
+        """Checkpoint the last committed state with the history as it is now, then hand the
+        history to the results writer (call with ``_writing`` held)."""
+        if self._checkpoint is not None:
+            self._checkpoint = dataclasses.replace(self._checkpoint, rounds=list(self.history))
+            await asyncio.to_thread(save_checkpoint, self.checkpoint_path, self._checkpoint)
+        await asyncio.to_thread(self._results.write, list(self.history))
 
     async def _close_sessions(self) -> None:
         """Let every outbox drain (the byes), then close the connections."""
@@ -492,7 +559,13 @@ class AggregatorServer:
         committed, then let the machine go on."""
         try:
             evaluating = time.monotonic()
-            metrics = await asyncio.to_thread(self._evaluate, closed.round, closed.global_state)
+            if self._background is not None:
+                await asyncio.to_thread(self._background.spool_state, closed.round,
+                                        closed.global_state)
+                metrics: Mapping[str, float] = {}
+            else:
+                metrics = await asyncio.to_thread(self._evaluate, closed.round,
+                                                  closed.global_state)
             eval_seconds = time.monotonic() - evaluating
             metrics = {str(k): float(v) for k, v in metrics.items()}
             verdict = self.machine.handle(protocol.RoundEvaluated(closed.round, metrics))
@@ -502,12 +575,16 @@ class AggregatorServer:
             window, self._window = self._window, {}
             seconds = time.monotonic() - (self._round_started or time.monotonic())
             self._round_started = None
-            record = committed.record(window, seconds, self.machine.clients, eval_seconds)
-            self.history.append(record)
-            checkpoint = Checkpoint(committed.round, committed.global_state, list(self.history),
-                                    torch.get_rng_state().numpy().tobytes())
-            await asyncio.to_thread(save_checkpoint, self.checkpoint_path, checkpoint)
-            await asyncio.to_thread(self._results.write, list(self.history))
+            record = committed.record(window, seconds, self.machine.clients,
+                                      0.0 if self._background is not None else eval_seconds)
+            async with self._writing:
+                self.history.append(record)
+                self._checkpoint = Checkpoint(committed.round, committed.global_state,
+                                              list(self.history),
+                                              torch.get_rng_state().numpy().tobytes())
+                await self._write_history()
+            if self._background is not None:
+                self._evaluate_later(closed.round)
             logger.info("round %d recorded: eval %s, %d bytes up, %d down on the wire",
                         closed.round, record.eval_metrics, record.traffic.wire_uplink_bytes,
                         record.traffic.wire_downlink_bytes)

@@ -28,10 +28,11 @@ from lpfl.config import RunConfig
 from lpfl.errors import LpflError
 from lpfl.results import JsonResultsWriter, ResultsWriter
 from lpfl.server.app import AggregatorServer, Evaluate, RunOutcome
+from lpfl.server.background_eval import BackgroundEvaluator, EvaluationFactory
 from lpfl.strategy import FedAvg
 from lpfl.tls import make_self_signed_cert
 from lpfl.tokens import load_tokens
-from lpfl.transport import ServerSettings, load_server_config
+from lpfl.transport import EvaluationMode, ServerSettings, load_server_config
 
 
 @dataclass(frozen=True)
@@ -39,13 +40,15 @@ class ServerParts:
     """The model-specific pieces of a run, built from the run config by a factory. Without
     ``results``, the rounds go to ``RUN_DIR/results.json`` (:class:`JsonResultsWriter`).
     ``finish(final_state, run_dir)``, if given, keeps the final global state of a finished run
-    and returns a line saying what it wrote."""
+    and returns a line saying what it wrote. ``evaluation_factory`` builds ``evaluate`` again in
+    another process, for ``server.evaluation = "background"``."""
 
     strategy: FedAvg
     initial_state: Mapping[str, torch.Tensor]
     evaluate: Evaluate
     results: ResultsWriter | None = None
     finish: Callable[[Mapping[str, torch.Tensor], Path], str] | None = None
+    evaluation_factory: EvaluationFactory | None = None
 
 
 ServerFactory = Callable[[RunConfig], ServerParts]
@@ -96,11 +99,18 @@ def run(args: argparse.Namespace, factory: ServerFactory | None = None) -> int:
     meta = {"config": config.to_dict(), "server": settings.to_dict()}
     results = parts.results or JsonResultsWriter(Path(settings.run_dir) / "results.json", meta)
 
+    background = None
+    if settings.evaluation is EvaluationMode.BACKGROUND:
+        if parts.evaluation_factory is None:
+            raise LpflError("server.evaluation = \"background\": this server's model parts "
+                            "cannot evaluate in another process; use evaluation = \"inline\"")
+        background = BackgroundEvaluator(parts.evaluation_factory, Path(settings.run_dir))
+
     async def serve() -> RunOutcome:
         server = AggregatorServer(
             strategy=parts.strategy, initial_state=parts.initial_state, evaluate=parts.evaluate,
             results=results, settings=settings, tokens=tokens, rounds=config.federation.rounds,
-            resume=args.resume)
+            resume=args.resume, background=background)
         return await server.run()
 
     try:

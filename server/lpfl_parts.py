@@ -10,6 +10,7 @@ end with the same global state. A finished LoRA run keeps its final adapter as a
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from lpfl.config import RunConfig
 from lpfl.errors import ConfigError
 from lpfl.methods import Trains, lookup
 from lpfl.model.adapters import load_trainable_state, trainable_state
+from lpfl.model.prompt import PromptModel
+from lpfl.server.app import Evaluate
 from lpfl.server.cli import ServerParts
 from lpfl.simulate import (
     Evaluator,
@@ -41,17 +44,26 @@ def served_method(config: RunConfig) -> str:
     return method
 
 
+def accuracy_evaluation(config: RunConfig, pm: PromptModel | None = None) -> Evaluate:
+    """The accuracy of a global state on the run's test split, with ``pm`` (a fresh prompt
+    model of the served method when not given: what a background evaluation worker builds)."""
+    method = served_method(config)
+    seed = config.run.seeds[0]
+    model = pm if pm is not None else fresh_prompt_model(config, method_mode(method), seed)
+    evaluator = Evaluator(federated_data(config, seed), config.run.eval_batch_size)
+
+    def evaluate(round_number: int, state: Mapping[str, torch.Tensor]) -> dict[str, float]:
+        load_trainable_state(model, state)
+        return {"accuracy": evaluator(model)}
+
+    return evaluate
+
+
 def lpfl_server_parts(config: RunConfig) -> ServerParts:
     """Strategy, initial global state and test evaluation for the configured method."""
     method = served_method(config)
     seed = config.run.seeds[0]
-    data = federated_data(config, seed)
     pm = fresh_prompt_model(config, method_mode(method), seed)
-    evaluator = Evaluator(data, config.run.eval_batch_size)
-
-    def evaluate(round_number: int, state: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        load_trainable_state(pm, state)
-        return {"accuracy": evaluator(pm)}
 
     def finish(state: Mapping[str, torch.Tensor], run_dir: Path) -> str:
         line = save_final_state(run_dir / "adapter", config, method, seed, state)
@@ -60,4 +72,6 @@ def lpfl_server_parts(config: RunConfig) -> ServerParts:
         return line
 
     return ServerParts(strategy=method_strategy(config, method, seed),
-                       initial_state=trainable_state(pm), evaluate=evaluate, finish=finish)
+                       initial_state=trainable_state(pm),
+                       evaluate=accuracy_evaluation(config, pm), finish=finish,
+                       evaluation_factory=functools.partial(accuracy_evaluation, config))

@@ -37,6 +37,7 @@ from lpfl.results import JsonResultsWriter
 from lpfl.rounds import drive
 from lpfl.server import cli as server_cli
 from lpfl.server.app import AggregatorServer, Evaluate, RunOutcome
+from lpfl.server.background_eval import BackgroundEvaluator
 from lpfl.strategy import ClientUpdate, FedAvg
 from lpfl.tokens import make_tokens
 from lpfl.trainer_api import device_capabilities
@@ -151,7 +152,8 @@ class InProcessRun:
 def make_server(folder: Path, tokens: Mapping[str, str], *, rounds: int, clients_per_round: int,
                 resume: bool = False, settings: Mapping[str, Any] | None = None,
                 initial: Mapping[str, torch.Tensor] | None = None,
-                evaluation: Evaluate = evaluate, **round_rules: Any) -> AggregatorServer:
+                evaluation: Evaluate = evaluate, background: BackgroundEvaluator | None = None,
+                **round_rules: Any) -> AggregatorServer:
     """A server on a free port writing into ``folder`` (build it inside a running loop)."""
     options = {"port": 0, "run_dir": str(folder), **(settings or {})}
     server_settings = ServerSettings(round=RoundRules(**round_rules), **options)
@@ -159,7 +161,8 @@ def make_server(folder: Path, tokens: Mapping[str, str], *, rounds: int, clients
                             initial_state=initial_state() if initial is None else initial,
                             evaluate=evaluation,
                             results=JsonResultsWriter(folder / "results.json"),
-                            settings=server_settings, tokens=tokens, rounds=rounds, resume=resume)
+                            settings=server_settings, tokens=tokens, rounds=rounds, resume=resume,
+                            background=background)
 
 
 def client(server: AggregatorServer, cid: str, token: str, trainer: FakeTrainer | None = None,
@@ -175,11 +178,13 @@ async def run_in_process(folder: Path, client_ids: Sequence[str], *, rounds: int
                          clients_per_round: int, trainers: Mapping[str, FakeTrainer] | None = None,
                          initial: Mapping[str, torch.Tensor] | None = None,
                          timeout: float = 20.0, evaluation: Evaluate = evaluate,
+                         background: BackgroundEvaluator | None = None,
                          **round_rules: Any) -> InProcessRun:
     """Run a whole fake federation in this event loop and return what happened."""
     tokens = make_tokens(client_ids)
     server = make_server(folder, tokens, rounds=rounds, clients_per_round=clients_per_round,
-                         initial=initial, evaluation=evaluation, **round_rules)
+                         initial=initial, evaluation=evaluation, background=background,
+                         **round_rules)
     serving = asyncio.create_task(server.run())
     await server.started.wait()
     clients = {cid: asyncio.create_task(
