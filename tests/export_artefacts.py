@@ -14,9 +14,12 @@ from lpfl.artefact import Manifest
 from lpfl.export.config import ExportConfig
 from lpfl.export.parity import Parity
 from lpfl.export.pipeline import run_export
+from tests.conftest import write_run_file
 
 MAX_SEQ_LEN = 48
 PARITY_TEXTS = 200
+SEVERAL_TOKEN_WORDS = (" terrible", " very good", " not good at all")
+"""Label words of 1, 2 and 4 tokens for tiny-llama's word-level tokenizer."""
 
 
 @functools.cache
@@ -25,12 +28,18 @@ def _root() -> Path:
 
 
 @functools.cache
-def exported(target: str, quant: str = "none") -> tuple[Path, Manifest, Parity]:
-    """Export tiny-llama for ``target``/``quant`` (parity measured on 200 MR sentences); the
-    fp32 XNNPACK artefact also holds the on-device training program (batch 8)."""
-    out = _root() / f"{target}-{quant}"
-    training = (target, quant) == ("executorch-xnnpack", "none")
-    config = ExportConfig(model="tiny-llama", target=target, quant=quant, out=out,
+def exported(target: str, quant: str = "none",
+             label_words: tuple[str, ...] = ()) -> tuple[Path, Manifest, Parity]:
+    """Export tiny-llama for ``target``/``quant`` (parity measured on 200 MR sentences), with
+    ``label_words`` instead of the default ones when given; the default fp32 XNNPACK artefact
+    also holds the on-device training program (batch 8)."""
+    out = _root() / f"{target}-{quant}{'-words' if label_words else ''}"
+    training = (target, quant, label_words) == ("executorch-xnnpack", "none", ())
+    model = "tiny-llama"
+    if label_words:
+        model = str(write_run_file(out.with_suffix(".toml"),
+                                   prompt={"label_words": list(label_words)}))
+    config = ExportConfig(model=model, target=target, quant=quant, out=out,
                           max_seq_len=MAX_SEQ_LEN, parity_texts=PARITY_TEXTS, training=training)
     manifest, parity = run_export(config)
     assert parity is not None

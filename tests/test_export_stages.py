@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lpfl.artefact import TOKEN_INPUTS
-from lpfl.config import LoraSettings, ModelSettings, RunConfig
+from lpfl.config import LoraSettings, ModelSettings, PromptSettings, RunConfig
 from lpfl.errors import ConfigError, ModelError
 from lpfl.export import stages
 from lpfl.export.config import ExportConfig
@@ -16,6 +16,7 @@ from lpfl.export.parity import random_adapter
 from lpfl.export.scoring_graph import ScoringGraph, dynamic_shapes, example_inputs
 from lpfl.model.adapters import load_trainable_state, trainable_state
 from lpfl.model.prompt import PromptModel
+from tests.export_artefacts import SEVERAL_TOKEN_WORDS
 
 TEXTS = ["a great movie", "boring , long and bad", "it was fine", "the worst film of the year"]
 RUN = RunConfig(model=ModelSettings(source="tiny-llama", max_length=48))
@@ -106,6 +107,21 @@ def test_exported_program_has_dynamic_shapes_and_no_vocab_matmul(
     layers, adapted = 2, len(RUN.lora.target_modules)
     assert len(linears) == layers * (7 + 2 * adapted) + 1  # base, LoRA A/B, label head
     assert not any(n.meta["val"].shape[-1] == vocab for n in linears)
+    module = program.module()
+    for texts in (TEXTS, TEXTS[:1] * 3):  # another batch size and sequence length
+        with torch.no_grad():
+            torch.testing.assert_close(module(*_inputs(pm, graph, texts)), pm.score(texts),
+                                       rtol=0, atol=1e-5)
+
+
+def test_words_of_several_tokens_export_the_whole_head_with_dynamic_shapes() -> None:
+    run = RunConfig(model=RUN.model, prompt=PromptSettings(label_words=SEVERAL_TOKEN_WORDS))
+    pm = stages.load(run)
+    graph = stages.prepare_lora(pm, run.lora)
+    load_trainable_state(pm, random_adapter(pm))
+    assert graph.label_weight.shape == (len(pm.tokenizer), 64)  # log-probs need the vocab
+    program = stages.export_program(graph, example_inputs(pm, graph),
+                                     dynamic_shapes(graph, 48), runtime_asserts=True)
     module = program.module()
     for texts in (TEXTS, TEXTS[:1] * 3):  # another batch size and sequence length
         with torch.no_grad():

@@ -20,7 +20,7 @@ from lpfl.export.parity import FP32_TOLERANCE, parity_texts, random_adapter
 from lpfl.model.adapters import load_trainable_state, trainable_state
 from lpfl.model.prompt import PromptModel
 from lpfl.program_scorer import ProgramScorer
-from tests.export_artefacts import MAX_SEQ_LEN, exported
+from tests.export_artefacts import MAX_SEQ_LEN, SEVERAL_TOKEN_WORDS, exported
 
 RUNTIMES = {"executorch-xnnpack": "executorch", "onnx": "onnxruntime"}
 
@@ -56,6 +56,28 @@ def test_new_adapter_without_reexport_gives_eager_logits(target: str,
     assert scorer.score([]).shape == (0, scorer.num_classes)
 
 
+@pytest.mark.parametrize("target", list(RUNTIMES))
+def test_label_words_of_several_tokens_score_as_eager(target: str) -> None:
+    folder, manifest, parity = exported(target, label_words=SEVERAL_TOKEN_WORDS)
+    assert [len(word) for word in manifest.label_tokens] == [1, 2, 4]
+    assert max(parity.max_abs_diff, parity.random_adapter_max_abs_diff) <= FP32_TOLERANCE
+    prompt = PromptSettings(label_words=SEVERAL_TOKEN_WORDS)
+    run = RunConfig(model=ModelSettings(source="tiny-llama", max_length=MAX_SEQ_LEN),
+                    prompt=prompt)
+    pm = stages.load(run)
+    stages.prepare_lora(pm, run.lora)
+    scorer = ProgramScorer(folder, runtime=RUNTIMES[target], model_id="tiny-llama",
+                           lora_shapes=dict(manifest.lora_shapes), prompt=prompt)
+    adapter = random_adapter(pm, seed=3)
+    load_trainable_state(pm, adapter)
+    scorer.load_state(adapter)
+    texts = [*parity_texts(11, seed=7), "word " * 100]
+    expected = pm.score(texts)
+    assert bool((expected < 0).all())  # summed log-probabilities
+    torch.testing.assert_close(scorer.score(texts, batch_size=4), expected, rtol=0,
+                               atol=FP32_TOLERANCE)
+
+
 def test_wrong_adapter_state_is_refused(eager: PromptModel) -> None:
     scorer = _scorer("onnx", eager)
     state = trainable_state(eager)
@@ -84,6 +106,13 @@ def test_artefact_from_other_runtime_version_or_model_is_refused(
         _scorer("onnx", eager, _edited_copy(tmp_path / "m", model_id="smollm2"))
     with pytest.raises(ArtefactError, match=r"runtime: .*--target"):
         _scorer("executorch-xnnpack", eager, exported("onnx")[0])
+
+
+def test_label_tokens_the_tokenizer_does_not_give_are_refused(
+        tmp_path: Path, eager: PromptModel) -> None:
+    tokens = [[*word, word[0]] for word in eager.encoder.label_tokens]
+    with pytest.raises(ArtefactError, match=r"tokens .* its manifest says .* copy the artefact"):
+        _scorer("onnx", eager, _edited_copy(tmp_path, label_tokens=tokens))
 
 
 def test_run_with_another_prompt_or_length_is_refused(eager: PromptModel) -> None:
