@@ -4,7 +4,8 @@ The program has two plain (forward-only) ExecuTorch methods. ``forward`` takes t
 tensors, in :func:`lora_names` order, then one fixed-shape batch (``input_ids``,
 ``attention_mask``, ``position_ids``, ``targets`` ``[B, C]``, ``weights`` ``[B]``), and returns the
 weighted mean cross-entropy against the targets (the loss :func:`lpfl.training.train_steps`
-minimises), the class logits and the gradients of the LoRA tensors. ``lm_gradients`` takes the
+minimises), the class logits and the gradients of the LoRA tensors; with label words of several
+tokens the class logits are their summed log-probabilities (:mod:`lpfl.model.verbalizer`). ``lm_gradients`` takes the
 LoRA tensors and a batch of prompts (``input_ids``, ``attention_mask``, ``position_ids``,
 ``weights``) and returns the language-model loss on them
 (:func:`lpfl.model.prompt.lm_token_loss`, trained with ``soft_labels.lm_weight``) and its LoRA
@@ -377,9 +378,12 @@ def _call(graph: torch.fx.Graph, op: Any, *args: Any) -> torch.fx.Node:
 
 def _unbatched(graph: torch.fx.Graph, bmm: torch.fx.Node, op: Any,
                weight: torch.fx.Node) -> torch.fx.Node:
-    """``op(x, weight)`` on the rows of every batch at once, shaped like ``bmm``'s output."""
+    """``op(x, weight)`` on the rows of every batch at once, shaped like ``bmm``'s output (``x``
+    copied first when it is a strided slice, e.g. the last positions of each row)."""
     x: torch.fx.Node = bmm.args[0]  # type: ignore[assignment]
     with graph.inserting_before(bmm):
+        if not x.meta["val"].is_contiguous():
+            x = _call(graph, torch.ops.aten.clone.default, x)
         rows = _call(graph, torch.ops.aten.view.default, x, [-1, x.meta["val"].shape[-1]])
         return _call(graph, torch.ops.aten.view.default, _call(graph, op, rows, weight),
                      list(bmm.meta["val"].shape))

@@ -48,6 +48,7 @@ from lpfl.training import (
     train_steps,
 )
 from lpfl.training import weighted_loss as training_loss
+from tests.export_artefacts import SEVERAL_TOKEN_WORDS
 
 SEQ = 24
 BATCH = 4
@@ -59,10 +60,11 @@ LOSS_TOL = 1e-4
 STATE_TOL = 1e-3
 
 
-def prompt_model(source: str, max_length: int) -> PromptModel:
+def prompt_model(source: str, max_length: int,
+                 prompt: PromptSettings | None = None) -> PromptModel:
     torch.set_num_threads(1)
     base = load_base_model(ModelSettings(source=source, max_length=max_length))
-    pm = PromptModel(base, PromptSettings(), max_length)
+    pm = PromptModel(base, prompt or PromptSettings(), max_length)
     torch.manual_seed(0)
     set_mode(pm, "lora", LoraSettings(r=4, target_modules=("q_proj", "v_proj")))
     return pm
@@ -324,6 +326,25 @@ def test_program_train_steps_is_a_drop_in_for_train_steps(pm: PromptModel,
     eager = train_steps(pm, data, plan, 5e-3, 0.01)
     program = program_train_steps(trainer, pm.encode, data, plan, 5e-3, 0.01)
     assert program == pytest.approx(eager, abs=LOSS_TOL)
+    torch.testing.assert_close(trainer.state(), trainable_state(pm), atol=STATE_TOL, rtol=0)
+
+
+def test_label_words_of_several_tokens_train_like_eager(tmp_path: Path) -> None:
+    """Three classes whose words are 1, 2 and 4 tokens: the program trains their summed
+    log-probabilities as eager does (10 steps, short batches included)."""
+    pm = prompt_model("tiny-llama", SEQ, PromptSettings(label_words=SEVERAL_TOKEN_WORDS))
+    program = export_training_program(pm, quant="none", max_seq_len=SEQ, batch_size=BATCH,
+                                      out_file=tmp_path / "words.pte")
+    trainer = ProgramTrainer(program, lora_shapes(pm))
+    assert trainer.num_classes == 3
+    adapter = random_adapter(pm, 4)
+    load_trainable_state(pm, adapter)
+    trainer.load_state(adapter)
+    data = [hard_example(e.text, i % 3, 3) for i, e in enumerate(load_corpus("mr")[:10])]
+    plan = batch_plan(data, 10, BATCH, 0.5, np.random.default_rng(5))
+    eager = train_steps(pm, data, plan, 1e-2)
+    assert program_train_steps(trainer, pm.encode, data, plan, 1e-2) == pytest.approx(
+        eager, abs=LOSS_TOL)
     torch.testing.assert_close(trainer.state(), trainable_state(pm), atol=STATE_TOL, rtol=0)
 
 
