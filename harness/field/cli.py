@@ -4,10 +4,12 @@
 --methods lp-fl,fp-fl --out DIR [--time-budget-s S]`` needs root (namespaces, veth, tc). A run
 file with a ``[field.fleet]`` (:mod:`lpfl.fleet`) sets the clients, their links and devices
 instead of ``--profiles`` and ``--clients``, and needs cgroups for the CPU quotas. Without
-it the command says so and exits 2 before creating anything. ``lpfl field --cleanup`` removes
-what killed runs left behind (every run also does so before it starts); ``lpfl field --out DIR
---report-only`` rewrites DIR's report from the ``field.json`` files there (after an interrupted
-run), without root.
+it the command says so and exits 2 before creating anything. ``--set`` overrides the run file
+for the server and the clients (``--set server.round.close-after=3``); ``--target-from
+RESULTS.json`` takes the time-to-target accuracy from a reference run. ``lpfl field
+--cleanup`` removes what killed runs left behind (every run also does so before it starts);
+``lpfl field --out DIR --report-only`` rewrites DIR's report from the ``field.json`` files
+there (after an interrupted run), without root.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 from lpfl.errors import LpflError
 from lpfl.fleet import load_fleet
 from lpfl.harness.field.netns import missing_privileges, sweep
+from lpfl.harness.field.target import Target, given_target, target_from_results
 from lpfl.methods import METHODS
 from lpfl.profiles.links import LINKS_FILE
 
@@ -46,9 +49,20 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--time-budget-s", type=float, default=math.inf,
                         help="wall-clock budget per FP-FL run: fewer rounds are measured and "
                         "the rest extrapolated (labelled so)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE",
+                        help="override one run-file value for the server and the clients, e.g. "
+                        "server.round.close-after=3 (repeatable)")
     parser.add_argument("--target-accuracy", type=float,
                         help="accuracy for the time-to-target figures (default: the lowest of "
                         "the methods' best accuracies on each profile)")
+    parser.add_argument("--target-from", type=Path, metavar="RESULTS",
+                        help="take the target accuracy from a reference run's results.json "
+                        "(e.g. `lpfl simulate` of centralized or fp-fl on the same data): its "
+                        "final accuracy, the mean over its seeds")
+    parser.add_argument("--target-method",
+                        help="the method of --target-from's file to use (needed when it holds "
+                        "several)")
     parser.add_argument("--verify-seconds", type=float, default=2.0,
                         help="seconds of each shaping check transfer")
     parser.add_argument("--report-only", action="store_true",
@@ -68,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             raise LpflError("--report-only needs --out")
         from lpfl.harness.field.report import write_field_report
 
-        print(f"wrote {write_field_report(args.out, args.target_accuracy)}")
+        print(f"wrote {write_field_report(args.out, _target(args, None))}")
         return 0
     reason = missing_privileges()
     if reason:
@@ -97,19 +111,31 @@ def run(args: argparse.Namespace) -> int:
     clients = 2 if args.clients is None else args.clients
     if clients < 1:
         raise LpflError("--clients must be at least 1")
-    rounds = args.rounds
-    if rounds is None:
-        rounds = load_server_config(args.config)[0].federation.rounds
+    config = load_server_config(args.config, args.overrides)[0]
+    rounds = config.federation.rounds if args.rounds is None else args.rounds
     plan = FieldPlan(config=args.config, links=args.links or LINKS_FILE,
                      profiles=[p for p in (args.profiles or "lte,3g,wifi").split(",") if p],
                      clients=clients, rounds=rounds, methods=methods, out=args.out,
                      time_budget_s=args.time_budget_s, verify_seconds=args.verify_seconds,
-                     target_accuracy=args.target_accuracy, fleet=fleet)
+                     target=_target(args, config.to_dict()["data"]), fleet=fleet,
+                     overrides=args.overrides)
     # A plain `kill` should still remove the namespaces: make SIGTERM unwind like Ctrl-C does.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     report = field(plan)
     print(f"wrote {report}")
     return 0
+
+
+def _target(args: argparse.Namespace, data: dict[str, Any] | None) -> Target | None:
+    """The target of ``--target-accuracy`` or ``--target-from`` (None: the report's default).
+    ``data``: the run's ``[data]`` table, which a reference must share the test split of."""
+    if args.target_accuracy is not None and args.target_from is not None:
+        raise LpflError("give --target-accuracy or --target-from, not both")
+    if args.target_from is not None:
+        return target_from_results(args.target_from, args.target_method, data)
+    if args.target_method is not None:
+        raise LpflError("--target-method names a method of --target-from's file: give both")
+    return None if args.target_accuracy is None else given_target(args.target_accuracy)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:

@@ -6,24 +6,26 @@ client), ``accuracy_vs_uplink.png`` (accuracy against cumulative uplink bytes),
 ``accuracy_vs_time.png`` (accuracy against cumulative wall-clock time, with the target accuracy)
 and ``efficiency.png`` (the physical limit, payload bytes over the link's uplink rate, beside the
 measured upload time). Extrapolated rounds are drawn hollow and dashed, hatched in the bars,
-and marked in every table; their accuracy is never drawn, because it was not measured.
+and marked in every table; their accuracy is never drawn, because it was not measured. Fleet
+runs add the sections and plots of :mod:`~lpfl.harness.field.fleet_report`; the summary says
+where the target accuracy came from (:mod:`~lpfl.harness.field.target`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
+from lpfl.harness.field.figures import accuracy_plot, colours, label, save
+from lpfl.harness.field.fleet_report import fleet_sections
 from lpfl.harness.field.run import EXTRAPOLATED
+from lpfl.harness.field.target import Target
 from lpfl.records import ClientStatus
 from lpfl.report import human_bytes
 
@@ -41,10 +43,6 @@ def load_runs(out: Path, paths: Sequence[Path] | None = None) -> list[dict[str, 
     return sorted(runs, key=lambda r: (r["profile"]["name"], r["method"]))
 
 
-def _label(run: dict[str, Any]) -> str:
-    return f"{run['method']} / {run['profile']['name']}"
-
-
 def _measured(run: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in run["rounds"] if not r["extrapolated"]]
 
@@ -59,8 +57,11 @@ def mean_uplink_per_round(run: dict[str, Any]) -> tuple[float, bool]:
 
 def training_seconds(row: dict[str, Any]) -> float:
     """A round's wall time without the server's evaluation of it: evaluating on the test set
-    measures the experiment and is not a step of federated training (runs recorded before
-    ``eval_seconds`` existed count it in)."""
+    measures the experiment and is not a step of federated training. Rows say so themselves
+    (``training_seconds``: without an inline evaluation, a background one never was in it);
+    runs recorded before then evaluated inline and count ``eval_seconds`` in."""
+    if "training_seconds" in row:
+        return float(row["training_seconds"])
     return float(row["seconds"]) - float(row.get("eval_seconds", 0.0))
 
 
@@ -115,15 +116,24 @@ def total_seconds(run: dict[str, Any]) -> tuple[float, bool]:
             any(r["extrapolated"] for r in run["rounds"]))
 
 
-def summary_lines(runs: Sequence[dict[str, Any]], target: float | None) -> list[str]:
-    """The sentences at the top: per profile, LP-FL against FP-FL."""
-    lines = []
+def summary_lines(runs: Sequence[dict[str, Any]], target: Target | None) -> list[str]:
+    """The sentences at the top: where the target came from; per profile, LP-FL against FP-FL;
+    per fleet run, its time to the target."""
+    lines = [f"- Target accuracy {target.accuracy:.1%}: {target.source}." if target else
+             "- Target accuracy: per profile, the lowest of the methods' best accuracies (each "
+             "method reaches it); per fleet run, its own best."]
+    for run in (r for r in runs if "fleet" in r):
+        goal = target.accuracy if target else default_target([run])
+        seconds, _ = total_seconds(run)
+        lines.append(f"- **{label(run)}**: target {goal:.1%}: "
+                     f"{_reached(run, time_to_accuracy(run, goal), 'reached it in')}; "
+                     f"{len(run['rounds'])} rounds took {seconds:,.1f} s.")
     for profile in dict.fromkeys(r["profile"]["name"] for r in runs):
         by_method = {r["method"]: r for r in runs if r["profile"]["name"] == profile}
         lp, fp = by_method.get("lp-fl"), by_method.get("fp-fl")
         if lp is None or fp is None:
             continue
-        goal = target if target is not None else default_target([lp, fp])
+        goal = target.accuracy if target else default_target([lp, fp])
         t_lp, t_fp = time_to_accuracy(lp, goal), time_to_accuracy(fp, goal)
         a, a_x = mean_uplink_per_round(lp)
         b, b_x = mean_uplink_per_round(fp)
@@ -141,7 +151,7 @@ def summary_lines(runs: Sequence[dict[str, Any]], target: float | None) -> list[
     return lines
 
 
-def write_field_report(out: Path, target: float | None = None,
+def write_field_report(out: Path, target: Target | None = None,
                        paths: Sequence[Path] | None = None) -> Path:
     """Write ``OUT/report.md`` and the plots of the runs in ``paths`` (default: every
     ``field.json`` under ``out``); returns the report's path."""
@@ -156,7 +166,7 @@ def write_field_report(out: Path, target: float | None = None,
              "delay proxy. Rows marked *extrapolated* were not run: they repeat the mean of the "
              "measured rounds (or the link's physical limit when none was measured) and have "
              "no accuracy.", "", "## Summary", ""]
-    lines += summary_lines(runs, target) or ["- (no profile has both lp-fl and fp-fl)"]
+    lines += summary_lines(runs, target)
     lines += ["", "## Links", "", "| profile | uplink | downlink | RTT | measured up | "
               "measured down | source |", "|---|---|---|---|---|---|---|"]
     for profile in dict.fromkeys(r["profile"]["name"] for r in runs):
@@ -195,8 +205,9 @@ def write_field_report(out: Path, target: float | None = None,
               "delay proxy (first to last byte, plus the one-way delay); compute is the client's "
               "soft-labelling plus training; eval is the server's evaluation of the new global "
               "state on the test set, which the summary's times leave out for every method (it "
-              "measures the experiment, it does not train); waiting is the rest of the round's "
-              "wall time.", "",
+              "measures the experiment, it does not train; a run with background evaluation "
+              "evaluates beside the next rounds, outside round s); waiting is the rest of the "
+              "round's wall time.", "",
               "## Upload time against the physical limit", "",
               "| profile | method | payload / rate | measured upload | efficiency |",
               "|---|---|---|---|---|"]
@@ -211,6 +222,7 @@ def write_field_report(out: Path, target: float | None = None,
              if r["rounds_measured"] < r["rounds_requested"]]
     if notes:
         lines += ["## Time budget", "", *notes, ""]
+    lines += fleet_sections([r for r in runs if "fleet" in r], out, colours(runs))
     for name, title in (("bytes_per_round", "uplink bytes per round"),
                         ("round_time", "round time by phase"),
                         ("accuracy_vs_uplink", "accuracy against cumulative uplink"),
@@ -224,9 +236,9 @@ def write_field_report(out: Path, target: float | None = None,
     return path
 
 
-def _plots(runs: Sequence[dict[str, Any]], out: Path, target: float | None) -> None:
+def _plots(runs: Sequence[dict[str, Any]], out: Path, target: Target | None) -> None:
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    style = {_label(r): colors[i % len(colors)] for i, r in enumerate(runs)}
+    style = colours(runs)
 
     profiles = list(dict.fromkeys(r["profile"]["name"] for r in runs))
     methods = list(dict.fromkeys(r["method"] for r in runs))
@@ -249,7 +261,7 @@ def _plots(runs: Sequence[dict[str, Any]], out: Path, target: float | None) -> N
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3, which="both")
     axes[0][0].set_ylabel("uplink bytes per round (wire)")
-    _save(fig, out / "bytes_per_round.png")
+    save(fig, out / "bytes_per_round.png")
 
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(runs)), 4))
     bottoms = [0.0] * len(runs)
@@ -261,19 +273,19 @@ def _plots(runs: Sequence[dict[str, Any]], out: Path, target: float | None) -> N
             if run["rounds_measured"] < run["rounds_requested"]:
                 bar.set_hatch("//")
         bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
-    ax.set_xticks(range(len(runs)), [_label(r) + ("\n(incl. extrapolated)" if
+    ax.set_xticks(range(len(runs)), [label(r) + ("\n(incl. extrapolated)" if
                                                    r["rounds_measured"] < r["rounds_requested"]
                                                    else "") for r in runs],
                   fontsize=7, rotation=20)
     ax.set(ylabel="seconds per client and round")
     ax.legend(fontsize=7)
-    _save(fig, out / "round_time.png")
+    save(fig, out / "round_time.png")
 
-    goal = target if target is not None else default_target(runs)
-    _accuracy_plot(runs, style, lambda row: float(row["wire_uplink_bytes"]),
+    goal = target.accuracy if target else default_target(runs)
+    accuracy_plot(runs, style, lambda row: float(row["wire_uplink_bytes"]),
                    "cumulative uplink bytes (wire)", None,
                    out / "accuracy_vs_uplink.png")
-    _accuracy_plot(runs, style, training_seconds,
+    accuracy_plot(runs, style, training_seconds,
                    "cumulative wall-clock seconds (without server evaluation)", goal,
                    out / "accuracy_vs_time.png")
 
@@ -286,34 +298,7 @@ def _plots(runs: Sequence[dict[str, Any]], out: Path, target: float | None) -> N
         if measured:
             ax.annotate(f"{limit / measured:.0%}", (x, max(limit, measured)), ha="center",
                         va="bottom", fontsize=7)
-    ax.set_xticks(list(xs), [_label(r) for r in runs], fontsize=7, rotation=20)
+    ax.set_xticks(list(xs), [label(r) for r in runs], fontsize=7, rotation=20)
     ax.set(yscale="log", ylabel="upload seconds (sum over measured rounds)")
     ax.legend(fontsize=7)
-    _save(fig, out / "efficiency.png")
-
-
-def _accuracy_plot(runs: Sequence[dict[str, Any]], style: dict[str, str],
-                   key: Callable[[dict[str, Any]], float], xlabel: str, target: float | None,
-                   path: Path) -> None:
-    """Accuracy after each measured round against the running sum of ``key(row)``."""
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for run in runs:
-        total, xs, ys = 0.0, [], []
-        for row in run["rounds"]:
-            total += key(row)
-            if row["accuracy"] is not None:
-                xs.append(total)
-                ys.append(row["accuracy"])
-        ax.plot(xs, ys, "o-", color=style[_label(run)], label=_label(run))
-    if target is not None:
-        ax.axhline(target, color="grey", ls=":", label=f"target {target:.1%}")
-    ax.set(xscale="log", xlabel=xlabel, ylabel="test accuracy (measured rounds only)")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3, which="both")
-    _save(fig, path)
-
-
-def _save(fig: Any, path: Path) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, out / "efficiency.png")

@@ -30,14 +30,16 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from lpfl.config import RunConfig
+from lpfl.config import RunConfig, parse_override, read_toml
 from lpfl.errors import LpflError
 from lpfl.fleet import Fleet
 from lpfl.harness.field.calibrate import cpu_quota, measure_host
 from lpfl.harness.field.cpu_quota import ClientGroups, Limits, detect, missing_cgroups
 from lpfl.harness.field.delay_proxy import Chunk, ProxyGroup
 from lpfl.harness.field.netns import Namespaces, NotPermitted, missing_privileges
+from lpfl.harness.field.overselection import LateUpload, late_uploads
 from lpfl.harness.field.shaping import shape, verify
+from lpfl.harness.field.target import Target
 from lpfl.harness.launch import (
     free_port,
     prepare_run_dir,
@@ -51,7 +53,7 @@ from lpfl.methods import Trains, lookup
 from lpfl.profiles.devices import load_device_profile
 from lpfl.profiles.links import LinkProfile, load_profiles
 from lpfl.records import ClientEmulation, ClientStatus, RoundRecord
-from lpfl.transport import ServerSettings, load_server_config
+from lpfl.transport import EvaluationMode, ServerSettings, load_server_config
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +65,9 @@ EXTRAPOLATED = "extrapolated"
 class FieldPlan:
     """Everything ``lpfl field`` was asked to do: one run per link profile in ``profiles`` with
     ``clients`` clients each, or with a ``fleet``, one run of the fleet's clients, each on its
-    own link and device."""
+    own link and device. A fleet's server evaluates in the background (off the rounds'
+    critical path) unless the run file or ``overrides`` set ``server.evaluation``, or the
+    accuracy guard (``server.round.max-accuracy-drop``) needs it inline."""
 
     config: Path
     links: Path
@@ -75,8 +79,10 @@ class FieldPlan:
     time_budget_s: float = math.inf
     run_timeout_s: float = 6 * 3600.0
     verify_seconds: float = 2.0
-    target_accuracy: float | None = None
+    target: Target | None = None
     fleet: Fleet | None = None
+    overrides: Sequence[str] = ()
+    """``--set SECTION.KEY=VALUE`` overrides of the run file, for the server and the clients."""
 
 
 @dataclass(frozen=True)
@@ -134,9 +140,10 @@ def round_budget(method: str, rounds: int, estimate_s: float, budget_s: float) -
     return RoundBudget(min(fits, rounds), rounds, estimate_s, note)
 
 
-def transfer_seconds(chunks: Sequence[Chunk], window: tuple[int, int],
-                     payload: int) -> float | None:
-    """Seconds the proxy saw a payload's bytes take, within one round's part of a stream.
+def transfer_span(chunks: Sequence[Chunk], window: tuple[int, int],
+                  payload: int) -> Chunk | None:
+    """When the proxy saw a payload's bytes move, within one round's part of a stream: the
+    first chunk's start and the last one's end, with ``payload`` bytes.
 
     ``window`` is the round's byte range of the stream (the server's per-round wire counts,
     summed), so a round's bytes are found by offset, not guessed from pauses. Inside it, the
@@ -153,7 +160,7 @@ def transfer_seconds(chunks: Sequence[Chunk], window: tuple[int, int],
             picked.append((chunk, min(offset, hi) - max(first, lo)))
     if payload <= 0 or sum(n for _, n in picked) < payload:
         return None
-    best = math.inf
+    best: Chunk | None = None
     held, j = 0, 0
     for i, (chunk, _) in enumerate(picked):  # two pointers: for each start, the shortest end
         while j < len(picked) and held < payload:
@@ -161,40 +168,57 @@ def transfer_seconds(chunks: Sequence[Chunk], window: tuple[int, int],
             j += 1
         if held < payload:
             break
-        best = min(best, picked[j - 1][0].end - chunk.start)
+        end = picked[j - 1][0].end
+        if best is None or end - chunk.start < best.end - best.start:
+            best = Chunk(chunk.start, end, payload)
         held -= picked[i][1]
     return best
 
 
+def transfer_seconds(chunks: Sequence[Chunk], window: tuple[int, int],
+                     payload: int) -> float | None:
+    """Seconds of :func:`transfer_span` (None when there is none)."""
+    span = transfer_span(chunks, window, payload)
+    return None if span is None else span.end - span.start
+
+
 def field_rows(rounds: Sequence[dict[str, Any]],
                chunks_by_client: dict[str, dict[str, list[Chunk]]],
-               delays: Mapping[str, float]) -> list[dict[str, Any]]:
-    """Per round: wall time, accuracy, bytes; per client: the seconds of each phase, and in a
-    fleet run the device, link and CPU quota it ran with (``emulation``).
+               delays: Mapping[str, float], inline_evaluation: bool = True
+               ) -> list[dict[str, Any]]:
+    """Per round: wall time, accuracy, bytes; per client: the seconds of each phase, its status,
+    and in a fleet run the device, link and CPU quota it ran with (``emulation``).
 
     Upload and download seconds are :func:`transfer_seconds` of the payload plus the client's
     one-way delay (``delays``; first byte sent to last byte delivered); waiting is what is left
-    of the round's wall time after download, compute, upload and the server's evaluation
-    (``eval_seconds``).
+    of the round's wall time after download, compute, upload and, when the server evaluated
+    inline (``inline_evaluation``), its evaluation (``eval_seconds``). A round's
+    ``training_seconds`` is its wall time without an inline evaluation (a background one was
+    never part of it). Rounds with ``late`` clients (over-selection) carry what
+    :mod:`~lpfl.harness.field.overselection` found of their refused uploads.
     """
     streamed: dict[tuple[str, str], int] = {}  # bytes of each client's stream before a round
+    downloads: dict[str, dict[int, Chunk]] = {}  # each client's task downloads, by round
     rows = []
     for record in rounds:
         evaluation = float(record.get("eval_seconds", 0.0))
+        training = record["seconds"] - (evaluation if inline_evaluation else 0.0)
         clients = []
         for c in record["clients"]:
             cid = c["client_id"]
             delay = delays[cid]
-            times = {}
+            spans = {}
             for direction in ("up", "down"):
                 wire = c[f"wire_{direction}link_bytes"]
                 lo = streamed.get((cid, direction), 0)
                 streamed[(cid, direction)] = lo + wire
-                seconds = transfer_seconds(chunks_by_client.get(cid, {}).get(direction, []),
-                                           (lo, lo + wire), c[f"payload_{direction}link_bytes"])
-                times[direction] = seconds
-            upload = times["up"] + delay if times["up"] is not None else 0.0
-            download = times["down"] + delay if times["down"] is not None else 0.0
+                spans[direction] = transfer_span(chunks_by_client.get(cid, {}).get(direction, []),
+                                                 (lo, lo + wire),
+                                                 c[f"payload_{direction}link_bytes"])
+            if spans["down"] is not None:
+                downloads.setdefault(cid, {})[record["round"]] = spans["down"]
+            upload, download = (0.0 if span is None else span.end - span.start + delay
+                                for span in (spans["up"], spans["down"]))
             m = c.get("metrics", {})
             compute = float(m.get("compute_seconds", 0.0))
             clients.append({
@@ -207,20 +231,53 @@ def field_rows(rounds: Sequence[dict[str, Any]],
                 "soft_label_seconds": float(m.get("soft_label_seconds", 0.0)),
                 "train_seconds": float(m.get("train_seconds", 0.0)),
                 "compute_seconds": compute, "eval_seconds": evaluation,
-                "wait_seconds": max(record["seconds"] - evaluation - upload - download - compute,
-                                    0.0),
-                "upload_timed": times["up"] is not None,
-                "download_timed": times["down"] is not None}
+                "wait_seconds": max(training - upload - download - compute, 0.0),
+                "upload_timed": spans["up"] is not None,
+                "download_timed": spans["down"] is not None}
                 | ({"emulation": c["emulation"]} if "emulation" in c else {}))
         rows.append({"round": record["round"], "seconds": record["seconds"],
-                     "eval_seconds": evaluation,
+                     "eval_seconds": evaluation, "training_seconds": training,
                      "accuracy": record["eval_metrics"].get("accuracy"),
                      "wire_uplink_bytes": record["wire_uplink_bytes"],
                      "wire_downlink_bytes": record["wire_downlink_bytes"],
                      "payload_uplink_bytes": record["payload_uplink_bytes"],
                      "payload_downlink_bytes": record["payload_downlink_bytes"],
                      "extrapolated": False, "clients": clients})
+    _add_late_uploads(rows, chunks_by_client, downloads, delays)
     return rows
+
+
+def _add_late_uploads(rows: list[dict[str, Any]],
+                      chunks_by_client: Mapping[str, Mapping[str, list[Chunk]]],
+                      downloads: Mapping[str, Mapping[int, Chunk]],
+                      delays: Mapping[str, float]) -> None:
+    """Give every ``late`` client row its refused upload (``wasted_uplink_bytes``,
+    ``needed_seconds``; None where it never came) and every row with late clients their
+    count, the bytes wasted, and the ``time_saved_seconds`` by not waiting for the slowest
+    (None while an upload is missing)."""
+    accepted = [c["payload_uplink_bytes"] for r in rows for c in r["clients"]
+                if ClientStatus(c["status"]).accepted and c["payload_uplink_bytes"] > 0]
+    late: dict[tuple[str, int], LateUpload] = {}
+    for cid in {c["client_id"] for r in rows for c in r["clients"]}:
+        statuses = [(r["round"], ClientStatus(c["status"])) for r in rows for c in r["clients"]
+                    if c["client_id"] == cid]
+        if accepted and any(status is ClientStatus.LATE for _, status in statuses):
+            found = late_uploads(statuses, chunks_by_client.get(cid, {}).get("up", []),
+                                 downloads.get(cid, {}), min(accepted), delays[cid])
+            late |= {(cid, r): upload for r, upload in found.items()}
+    for row in rows:
+        uploads = []
+        for c in row["clients"]:
+            if c["status"] == ClientStatus.LATE:
+                uploads.append(late.get((c["client_id"], row["round"]), LateUpload(None, None)))
+                c |= asdict(uploads[-1])
+        if not uploads:
+            continue
+        needed = [u.needed_seconds for u in uploads]
+        row["late_clients"] = len(uploads)
+        row["wasted_uplink_bytes"] = sum(u.wasted_uplink_bytes or 0 for u in uploads)
+        row["time_saved_seconds"] = (None if None in needed else max(
+            max(n for n in needed if n is not None) - row["training_seconds"], 0.0))
 
 
 def extrapolate(rows: list[dict[str, Any]], budget: RoundBudget, profile: LinkProfile,
@@ -230,8 +287,8 @@ def extrapolate(rows: list[dict[str, Any]], budget: RoundBudget, profile: LinkPr
     missing = budget.requested - len(rows)
     if missing <= 0:
         return rows
-    keys = ("seconds", "eval_seconds", "wire_uplink_bytes", "wire_downlink_bytes",
-            "payload_uplink_bytes", "payload_downlink_bytes")
+    keys = ("seconds", "eval_seconds", "training_seconds", "wire_uplink_bytes",
+            "wire_downlink_bytes", "payload_uplink_bytes", "payload_downlink_bytes")
     if rows:
         mean = {k: sum(r.get(k, 0.0) for r in rows) / len(rows) for k in keys}
         client_keys = ("upload_seconds", "download_seconds", "compute_seconds", "eval_seconds",
@@ -249,6 +306,7 @@ def extrapolate(rows: list[dict[str, Any]], budget: RoundBudget, profile: LinkPr
                       "compute_seconds": 0.0, "eval_seconds": 0.0, "wait_seconds": 0.0,
                       "soft_label_seconds": 0.0, "train_seconds": 0.0}
         mean = {"seconds": budget.estimated_round_s, "eval_seconds": 0.0,
+                "training_seconds": budget.estimated_round_s,
                 "wire_uplink_bytes": up * clients,
                 "wire_downlink_bytes": down * clients, "payload_uplink_bytes": up * clients,
                 "payload_downlink_bytes": down * clients}
@@ -265,7 +323,8 @@ class FieldRunner:
 
     def __init__(self, plan: FieldPlan) -> None:
         self.plan = plan
-        self.config, self.settings = load_server_config(plan.config)
+        self.overrides = server_overrides(plan)
+        self.config, self.settings = load_server_config(plan.config, self.overrides)
         clients = plan.fleet.size if plan.fleet is not None else plan.clients
         if clients > self.config.data.num_clients:
             raise LpflError(f"{clients} field clients exceed data.num_clients="
@@ -303,7 +362,7 @@ class FieldRunner:
                     for method in self.plan.methods:
                         written.append(self.run_one(namespaces, scenario, method, checks,
                                                     wrappers))
-        return write_field_report(self.plan.out, self.plan.target_accuracy, written)
+        return write_field_report(self.plan.out, self.plan.target, written)
 
     def run_one(self, namespaces: Namespaces, scenario: Scenario, method: str,
                 checks: list[dict[str, Any]], wrappers: Sequence[list[str]]) -> Path:
@@ -324,7 +383,8 @@ class FieldRunner:
         if scenario.emulations:
             rounds = with_emulations(rounds, dict(zip(ids, scenario.emulations, strict=True)))
         delays = {cid: p.one_way_delay_s for cid, p in zip(ids, scenario.links, strict=True)}
-        rows = field_rows(rounds, chunks, delays)
+        rows = field_rows(rounds, chunks, delays,
+                          self.settings.evaluation is EvaluationMode.INLINE)
         computes = [c["compute_seconds"] for r in rows for c in r["clients"]
                     if c["status"] == ClientStatus.UPDATED]
         if computes and lookup(method).trains is not Trains.FULL:
@@ -337,6 +397,9 @@ class FieldRunner:
                     "model": self.config.model.source,
                     "update_encoding": self.settings.round.update_encoding,
                     "task_encoding": self.settings.round.task_encoding,
+                    "evaluation": self.settings.evaluation.value,
+                    "close_after": self.settings.round.close_after,
+                    "clients_per_round": self.config.federation.clients_per_round,
                     "full_model_update_bytes": full_model_payload(
                         self.config, self.settings.round.update_encoding),
                     "proxy_bytes": {cid: {d: sum(c.nbytes for c in cs) for d, cs in by.items()}
@@ -361,7 +424,7 @@ class FieldRunner:
         tokens, tokens_file = prepare_run_dir(out, ids)
         port = free_port()
         deadline_s = max(self.settings.round.deadline_s, 3 * budget.estimated_round_s + 120)
-        settings = [f"server.port={port}", f"server.run_dir='{out}'",
+        settings = [*self.overrides, f"server.port={port}", f"server.run_dir='{out}'",
                     f"server.tokens_file='{tokens_file}'",
                     f"server.round.min_clients={len(links)}",
                     f"server.round.deadline_s={deadline_s}",
@@ -398,6 +461,19 @@ class FieldRunner:
                 stop_processes([*procs, server])
             chunks = {cid: p.chunks for cid, p in zip(ids, group.proxies, strict=True)}
         return read_rounds(results), chunks
+
+
+def server_overrides(plan: FieldPlan) -> list[str]:
+    """The plan's overrides, with ``server.evaluation='background'`` added for a fleet whose run
+    file and overrides leave it unset and that has no accuracy guard. A combination the server
+    refuses is refused here, with the server's message."""
+    overrides = list(plan.overrides)
+    _, settings = load_server_config(plan.config, overrides)
+    chosen = "evaluation" in read_toml(plan.config).get("server", {}) or any(
+        parse_override(o)[0].replace("-", "_") == "server.evaluation" for o in overrides)
+    if plan.fleet is not None and not chosen and not settings.round.guards_accuracy:
+        overrides.append(f"server.evaluation='{EvaluationMode.BACKGROUND.value}'")
+    return overrides
 
 
 def client_ids(count: int) -> list[str]:
