@@ -5,9 +5,9 @@ tensors, in :func:`lora_names` order, then one fixed-shape batch (``input_ids``,
 ``attention_mask``, ``position_ids``, ``targets`` ``[B, C]``, ``weights`` ``[B]``), and returns the
 weighted mean cross-entropy against the targets (the loss :func:`lpfl.training.train_steps`
 minimises), the class logits and the gradients of the LoRA tensors; with label words of several
-tokens the class logits are their summed log-probabilities (:mod:`lpfl.model.verbalizer`). ``lm_gradients`` takes the
-LoRA tensors and a batch of prompts (``input_ids``, ``attention_mask``, ``position_ids``,
-``weights``) and returns the language-model loss on them
+tokens the class logits are their summed log-probabilities (:mod:`lpfl.model.verbalizer`).
+``lm_gradients`` takes the LoRA tensors and a batch of prompts (``input_ids``,
+``attention_mask``, ``position_ids``, ``weights``) and returns the language-model loss on them
 (:func:`lpfl.model.prompt.lm_token_loss`, trained with ``soft_labels.lm_weight``) and its LoRA
 gradients. Both share the program's constants (the frozen base is stored once). The trainer
 (:mod:`lpfl.program_trainer`) keeps the adapter, feeds it in at every step and applies the

@@ -57,7 +57,9 @@ class PromptSettings:
     """The pattern that turns a text into a prompt and the verbalizer (one label word per class).
 
     For a causal LM the label word is scored at the last position, so the pattern ends where the
-    label word would follow. For a masked LM the pattern must contain ``[MASK]`` once.
+    label word would follow; a word may be several tokens (scored by their summed
+    log-probability, one forward row per class). For a masked LM the pattern must contain
+    ``[MASK]`` once and every label word must be one token.
     """
 
     pattern: str = "Review: {text}\nAll in all, the movie was"

@@ -183,8 +183,9 @@ class PromptModel:
 
     def class_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Class scores, shape ``[batch, num_classes]``; differentiable. The label-word logits
-        when every word is one token; for a causal LM with a word of several tokens, every
-        class's summed log-probability (:mod:`lpfl.model.verbalizer`)."""
+        when every word is one token (their softmax over the classes equals that of the words'
+        log-probabilities); for a causal LM with a word of several tokens, every class's summed
+        log-probability (:mod:`lpfl.model.verbalizer`)."""
         words = self.label_words
         if self.causal and not words.single:
             return words.log_probs(self._logits_at, batch["input_ids"], batch["attention_mask"],

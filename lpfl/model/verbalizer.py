@@ -73,19 +73,16 @@ class LabelWords(nn.Module):
 
     def __init__(self, tokens: Sequence[Sequence[int]], pad_id: int) -> None:
         super().__init__()
-        self.tokens = tuple(tuple(word) for word in tokens)
-        self.num_classes = len(self.tokens)
-        self.longest = max(len(word) for word in self.tokens)
-        self.single = self.longest == 1
-        longest = self.longest
-        free = [longest - len(word) for word in self.tokens]
-        prefix = [[pad_id] * f + list(word[:-1]) for f, word in zip(free, self.tokens, strict=True)]
-        prefix_mask = [[0] * f + [1] * (len(word) - 1)
-                       for f, word in zip(free, self.tokens, strict=True)]
-        targets = [[word[0], *[pad_id] * f, *word[1:]]
-                   for f, word in zip(free, self.tokens, strict=True)]
+        words = [tuple(word) for word in tokens]
+        self.num_classes = len(words)
+        self.longest = longest = max(len(word) for word in words)
+        self.single = longest == 1
+        free = [longest - len(word) for word in words]
+        prefix = [[pad_id] * f + list(word[:-1]) for f, word in zip(free, words, strict=True)]
+        prefix_mask = [[0] * f + [1] * (len(word) - 1) for f, word in zip(free, words, strict=True)]
+        targets = [[word[0], *[pad_id] * f, *word[1:]] for f, word in zip(free, words, strict=True)]
         target_mask = [[1] + [0] * f + [1] * (len(word) - 1)
-                       for f, word in zip(free, self.tokens, strict=True)]
+                       for f, word in zip(free, words, strict=True)]
         self.register_buffer("targets", _table(targets, longest))
         self.register_buffer("target_mask", _table(target_mask, longest).float())
         self.register_buffer("prefix_ids", _table(prefix, longest - 1))
