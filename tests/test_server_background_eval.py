@@ -76,8 +76,8 @@ def test_a_resumed_server_evaluates_what_a_crash_left_spooled(tmp_path: Path) ->
     background.spool_state(3, checkpoint.global_state)
 
     async def resume() -> list[dict[str, float]]:
-        server = ff.make_server(tmp_path, {"c-1": "t" * 32}, rounds=2, clients_per_round=2, resume=True,
-                                background=background)
+        server = ff.make_server(tmp_path, {"c-1": "t" * 32}, rounds=2, clients_per_round=2,
+                                resume=True, background=background)
         outcome = await server.run()
         return [dict(r.eval_metrics) for r in outcome.rounds]
 
