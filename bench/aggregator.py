@@ -54,7 +54,7 @@ import torch
 from lpfl.edge_client.connection import ClientSettings, EdgeClient
 from lpfl.protocol import RoundRules
 from lpfl.records import ClientStatus
-from lpfl.results import JsonResultsWriter
+from lpfl.results import JsonResultsWriter, read_document
 from lpfl.server.app import AggregatorServer
 from lpfl.strategy import ClientUpdate, FedAvg
 from lpfl.tensors import ENCODINGS, encode_tensors
@@ -354,7 +354,7 @@ def run_benchmark(clients: int, workdir: Path, encoding: str = "fp32",
     if code != 0 or not summary_file.is_file():
         raise RuntimeError(f"the server exited with {code}: {_tail(workdir / 'server.log')}")
     summary = json.loads(summary_file.read_text(encoding="utf-8"))
-    record = json.loads((run_dir / RESULTS_NAME).read_text(encoding="utf-8"))["rounds"][0]
+    record = read_document(run_dir / RESULTS_NAME)["runs"][0]["records"][0]
     accepted = sum(1 for c in record["clients"] if c["status"] == ClientStatus.UPDATED)
     round_seconds = float(record["seconds"])
     return BenchResult(

@@ -44,6 +44,7 @@ from lpfl.config import ModelSettings
 from lpfl.flower.launch import FlowerLaunch, Mode, launch_flower
 from lpfl.harness.field.delay_proxy import ProxyGroup
 from lpfl.harness.launch import launch
+from lpfl.results import read_document
 
 TRANSPORT_RUN = """
 [model]
@@ -121,7 +122,7 @@ def counting_relay(counts: dict[str, int], port: int) -> Iterator[int]:
 def websocket_run(run_file: Path, out: Path) -> dict[str, Any]:
     """``lpfl launch`` with 2 clients: per-round payload and wire bytes and seconds."""
     launch(run_file, 2, out, timeout_s=1800)
-    rounds = json.loads((out / "results.json").read_text())["rounds"]
+    rounds = read_document(out / "results.json")["runs"][0]["records"]
     return {"rounds": len(rounds),
             "payload_uplink_bytes": sum(r["payload_uplink_bytes"] for r in rounds),
             "payload_downlink_bytes": sum(r["payload_downlink_bytes"] for r in rounds),

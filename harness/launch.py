@@ -23,6 +23,7 @@ from typing import Any
 
 from lpfl.errors import LpflError
 from lpfl.report import human_bytes
+from lpfl.results import read_document
 from lpfl.tokens import make_tokens
 from lpfl.transport import load_server_config
 
@@ -50,12 +51,12 @@ def wait_for_port(port: int, server: subprocess.Popen[bytes], timeout_s: float) 
 
 
 def read_rounds(results: Path) -> list[dict[str, Any]]:
-    """The rounds the server has recorded so far (none while its file does not exist yet)."""
-    try:
-        rounds: list[dict[str, Any]] = json.loads(results.read_text(encoding="utf-8"))["rounds"]
-    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+    """The round records the server has written so far (none while its file does not exist)."""
+    if not results.is_file():
         return []
-    return rounds
+    runs = read_document(results)["runs"]
+    records: list[dict[str, Any]] = runs[0]["records"] if runs else []
+    return records
 
 
 def round_line(record: dict[str, Any], total: int) -> str:

@@ -1,20 +1,18 @@
 """``lpfl compare RUN_A RUN_B``: two results side by side, config and outcome.
 
-Either argument is an output folder or its ``results.json``, of either kind
-(:mod:`lpfl.results`): a simulation's or benchmark's runs, or an aggregator's rounds (one run,
-named by the first method and seed of its config). Runs are matched by method and seed.
+Either argument is an output folder or its ``results.json`` (:mod:`lpfl.results`: a
+simulation's or benchmark's runs, or an aggregator's one run, named by the first method and seed
+of its config). Runs are matched by method and seed.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lpfl.errors import LpflError
-from lpfl.results import differences
+from lpfl.results import differences, read_document
 
 
 @dataclass(frozen=True)
@@ -45,33 +43,16 @@ def _made_by(provenance: Mapping[str, Any] | None) -> str:
 
 
 def load_results(path: Path) -> Results:
-    """The config and runs of an output folder or results file; an LpflError if it is
-    neither kind of lpfl results."""
+    """The config and runs of an output folder or results file; an LpflError if it is not
+    lpfl results."""
     file = path / "results.json" if path.is_dir() else path
-    try:
-        document = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LpflError(f"{file}: cannot read lpfl results ({exc})") from None
-    if isinstance(document, dict) and "runs" in document:
-        runs = [RunOutcome(str(r["method"]), int(r["seed"]), r.get("final_accuracy"),
-                           len(r.get("rounds", [])),
-                           sum(int(x.get("uplink_bytes") or 0) for x in r.get("rounds", [])),
-                           _made_by(r.get("provenance")))
-                for r in document["runs"]]
-        return Results(file, document.get("config") or {}, runs)
-    if isinstance(document, dict) and "rounds" in document:
-        meta = document.get("meta") or {}
-        config = meta.get("config") or {}
-        run = config.get("run", {})
-        rounds = document["rounds"]
-        accuracy = next((r["eval_metrics"]["accuracy"] for r in reversed(rounds)
-                         if "accuracy" in r.get("eval_metrics", {})), None)
-        outcome = RunOutcome(str((run.get("methods") or ["?"])[0]),
-                             int((run.get("seeds") or [0])[0]), accuracy, len(rounds),
-                             sum(int(r.get("payload_uplink_bytes", 0)) for r in rounds),
-                             _made_by(meta.get("provenance")))
-        return Results(file, config, [outcome])
-    raise LpflError(f"{file} is not an lpfl results file (no 'runs' and no 'rounds')")
+    document = read_document(file)
+    runs = [RunOutcome(str(r["method"]), int(r["seed"]), r.get("final_accuracy"),
+                       len(r.get("rounds", [])),
+                       sum(int(x.get("uplink_bytes") or 0) for x in r.get("rounds", [])),
+                       _made_by(r.get("provenance")))
+            for r in document["runs"]]
+    return Results(file, document.get("config") or {}, runs)
 
 
 def _accuracy(value: float | None) -> str:

@@ -1,19 +1,25 @@
-"""``results.json``: written as results come, so nothing finished is lost.
+"""``results.json``: one layout for every command, written as results come, so nothing finished
+is lost.
 
-Two writers, one per kind of output folder. The simulation and the benchmarks keep whole runs
-(:class:`ResultsFile`): ``{"config": {...}, "runs": [ {...}, ... ]}``, each run with the
-:meth:`~lpfl.records.RoundRecord.summary` of its rounds; a rerun can ask
-:meth:`ResultsFile.has` and skip runs that are already there, and several processes may append
-to one file (a benchmark split over processes): each append takes a lock, re-reads the file and
-adds its run to what is there. The aggregator keeps the rounds of its one run in full
-(:class:`JsonResultsWriter`): ``{"meta": {...}, "rounds": [ {...}, ... ]}``, each round a
-:meth:`~lpfl.records.RoundRecord.to_dict`, rewritten after every round.
+Every results file is ``{"schema": 1, "config": {...}, "runs": [run, ...]}`` (plus, from the
+aggregator, its ``server`` settings). A run is ``{"method", "seed", "final_accuracy",
+"provenance", ..., "rounds": [...], "records": [...]}``: ``rounds`` holds each round's
+:meth:`~lpfl.records.RoundRecord.summary` (one flat row with the same metric names everywhere:
+what reports and tables read), ``records`` each round's full
+:meth:`~lpfl.records.RoundRecord.to_dict` (every client's outcome, traffic and capabilities).
+``lpfl simulate``, the benchmarks and the Flower app write many runs through
+:class:`ResultsFile`; the aggregator (``lpfl server``, ``lpfl launch``, ``lpfl field``) writes
+its one run through :class:`JsonResultsWriter`, rewritten after every round.
+:func:`read_document` reads either (and the older aggregator layout, ``{"meta": ...,
+"rounds": [...]}``); :func:`read_records` gives the round records of a one-run file.
 
-Both carry where the results came from (:func:`lpfl.provenance.provenance`: lpfl's version and
-git commit, the command line, start and end times, library versions, the machine): each run of
-a :class:`ResultsFile` in its ``provenance`` (started when the file was opened, finished when the
-run was added), the aggregator's file in ``meta.provenance`` (finished at the last round).
-``lpfl compare`` reads both kinds.
+A :class:`ResultsFile` rerun can ask :meth:`ResultsFile.has` and skip runs that are already
+there, and several processes may append to one file (a benchmark split over processes): each
+append takes a lock, re-reads the file and adds its run to what is there.
+
+Every run carries where it came from (:func:`lpfl.provenance.provenance`: lpfl's version and git
+commit, the command line, start and end times, library versions, the machine) in its
+``provenance``. ``lpfl compare`` reads any results file.
 
 Every write goes to a temporary file that is fsynced and renamed over the old one, so a crash
 leaves either the old or the new file, never a torn one.
@@ -32,6 +38,9 @@ from typing import Any, Protocol
 from lpfl.errors import LpflError
 from lpfl.provenance import now, provenance
 from lpfl.records import RoundRecord
+
+SCHEMA = 1
+"""The version of the results layout, stored in every file."""
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -73,8 +82,8 @@ class ResultsFile:
         if not self.path.is_file():
             return []
         try:
-            return list(json.loads(self.path.read_text(encoding="utf-8"))["runs"])
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            return list(read_document(self.path)["runs"])
+        except (LpflError, KeyError, TypeError) as exc:
             raise LpflError(f"{self.path} exists but is not an lpfl results file ({exc}); "
                             "move it away or choose another --out") from None
 
@@ -113,7 +122,8 @@ class ResultsFile:
         with (self.path.parent / (self.path.name + ".lock")).open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self.runs = [*self._read(), kept]
-            write_json_atomic(self.path, {"config": self.config, "runs": self.runs})
+            write_json_atomic(self.path, {"schema": SCHEMA, "config": self.config,
+                                          "runs": self.runs})
 
 
 class ResultsWriter(Protocol):
@@ -123,11 +133,25 @@ class ResultsWriter(Protocol):
     def write(self, rounds: Sequence[RoundRecord]) -> None: ...
 
 
-class JsonResultsWriter:
-    """Writes ``{"meta": ..., "rounds": [...]}`` to one JSON file, atomically, after each round.
+def run_entry(method: str, seed: int, records: Sequence[RoundRecord], wire: bool = False,
+              **fields: Any) -> dict[str, Any]:
+    """One run of a results file: its rounds as summary rows (``wire``: with the bytes on the
+    wire) and as full records, the last evaluated accuracy as ``final_accuracy``, and
+    ``fields`` (settings of the run, its provenance)."""
+    rows = [r.summary(wire=wire) for r in records]
+    final = next((row["accuracy"] for row in reversed(rows) if row["accuracy"] is not None),
+                 None)
+    return {"method": method, "seed": seed, "final_accuracy": final, **fields, "rounds": rows,
+            "records": [r.to_dict() for r in records]}
 
-    ``meta`` is whatever the caller wants beside the rounds (the run config, say), plus the
-    ``provenance`` of the run (started when the writer was made, finished at this write).
+
+class JsonResultsWriter:
+    """Writes the aggregator's one run to a results file, atomically, after each round.
+
+    ``meta`` is what the caller keeps beside the run: its ``config`` (a run config's dict,
+    whose first method and seed name the run) goes to the file's ``config``, anything else
+    (the server settings, say) to the top level. The run has the ``provenance`` of the writer
+    (started when it was made, finished at this write).
     """
 
     def __init__(self, path: str | Path, meta: Mapping[str, Any] | None = None) -> None:
@@ -136,8 +160,43 @@ class JsonResultsWriter:
         self.started = now()
 
     def write(self, rounds: Sequence[RoundRecord]) -> None:
-        meta = {**self.meta, "provenance": provenance(self.started)}
-        write_json_atomic(self.path, {"meta": meta, "rounds": [r.to_dict() for r in rounds]})
+        config = dict(self.meta.get("config") or {})
+        run = config.get("run") or {}
+        method = str((run.get("methods") or ["federated"])[0])
+        seed = int((run.get("seeds") or [0])[0])
+        extra = {k: v for k, v in self.meta.items() if k != "config"}
+        entry = run_entry(method, seed, rounds, wire=True, provenance=provenance(self.started))
+        write_json_atomic(self.path, {"schema": SCHEMA, "config": config, **extra,
+                                      "runs": [entry]})
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """A results file in the current layout; the older aggregator layout (``{"meta": ...,
+    "rounds": [records]}``) is converted. An LpflError if ``path`` is not lpfl results."""
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LpflError(f"{path}: cannot read lpfl results ({exc})") from None
+    if isinstance(document, dict) and isinstance(document.get("runs"), list):
+        return document
+    if isinstance(document, dict) and isinstance(document.get("rounds"), list):
+        meta = dict(document.get("meta") or {})
+        config = dict(meta.pop("config", None) or {})
+        run = config.get("run") or {}
+        records = [RoundRecord.from_dict(r) for r in document["rounds"]]
+        entry = run_entry(str((run.get("methods") or ["federated"])[0]),
+                          int((run.get("seeds") or [0])[0]), records, wire=True,
+                          provenance=meta.pop("provenance", None))
+        return {"schema": SCHEMA, "config": config, **meta, "runs": [entry]}
+    raise LpflError(f"{path} is not an lpfl results file (no 'runs')")
+
+
+def read_records(path: Path) -> list[RoundRecord]:
+    """The round records of a results file that holds one run (an aggregator's)."""
+    runs = read_document(path)["runs"]
+    if len(runs) != 1:
+        raise LpflError(f"{path} holds {len(runs)} runs, not the one run of an aggregator")
+    return [RoundRecord.from_dict(r) for r in runs[0].get("records", [])]
 
 
 def differences(old: Any, new: Any, where: str = "") -> list[str]:

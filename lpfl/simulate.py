@@ -42,6 +42,7 @@ from lpfl.model.loading import BaseModel, load_base_model
 from lpfl.model.prompt import PromptModel
 from lpfl.protocol import ClipMode, RoundRules
 from lpfl.records import RoundRecord
+from lpfl.results import run_entry
 from lpfl.rounds import DrivenRound, Fleet, drive
 from lpfl.runtime import EagerScorer, score_members
 from lpfl.softlabels import teacher_log_probs
@@ -198,13 +199,13 @@ def federate(config: RunConfig, method: str, seed: int, data: FederatedData,
             metrics["teacher_accuracy"] = evaluate.teacher(pm, patterns)
         return metrics
 
-    rounds: list[dict[str, Any]] = []
+    records: list[RoundRecord] = []
 
     def record(driven: DrivenRound) -> None:
         # Centralized training moves no bytes: its one "client" is the server itself.
         traffic = {} if row.centralized else driven.traffic
-        summary = driven.committed.record(traffic, driven.seconds).summary()
-        rounds.append(summary)
+        records.append(driven.committed.record(traffic, driven.seconds))
+        summary = records[-1].summary()
         acc, loss = summary["accuracy"], summary["train_loss"]
         shown = "not evaluated" if acc is None else f"accuracy {acc:.3f}"
         refused = f"; new state refused: {summary['refused']}" if summary["refused"] else ""
@@ -215,12 +216,10 @@ def federate(config: RunConfig, method: str, seed: int, data: FederatedData,
 
     global_state = drive(method_strategy(config, method, seed), trainable_state(pm), rules,
                          total, clients, evaluation, record)
-    run = {"method": method, "seed": seed, "final_accuracy": rounds[-1]["accuracy"],
-           "lr": config.federation.lr_for(method), "task_encoding": rules.task_encoding,
-           "update_encoding": rules.update_encoding, "clip": rules.clip.value,
-           "aggregation": rules.aggregation.value,
-           "trainable_parameters": sum(t.numel() for t in global_state.values()),
-           "rounds": rounds}
+    run = run_entry(method, seed, records, lr=config.federation.lr_for(method),
+                    task_encoding=rules.task_encoding, update_encoding=rules.update_encoding,
+                    clip=rules.clip.value, aggregation=rules.aggregation.value,
+                    trainable_parameters=sum(t.numel() for t in global_state.values()))
     return run, global_state
 
 
@@ -239,9 +238,8 @@ def run_zero_shot(config: RunConfig, seed: int, data: FederatedData,
     raw_acc = accuracy(logits, labels)
     progress(f"[zero-shot seed {seed}] raw {raw_acc:.3f}, calibrated {cal_acc:.3f}")
     record = RoundRecord(0, 1, time.perf_counter() - started, {"accuracy": cal_acc}, {}, [])
-    return {"method": "zero-shot", "seed": seed, "final_accuracy": cal_acc,
-            "raw_accuracy": raw_acc, "calibrated_accuracy": cal_acc,
-            "rounds": [record.summary()]}
+    return run_entry("zero-shot", seed, [record], raw_accuracy=raw_acc,
+                     calibrated_accuracy=cal_acc)
 
 
 def run_method(config: RunConfig, method: str, seed: int, data: FederatedData,

@@ -36,6 +36,7 @@ from lpfl.harness.launch import (
     wait_for_port,
     watch_rounds,
 )
+from lpfl.results import read_document
 
 RUN = Path(__file__).parent.parent / "configs" / "arm_e2e.toml"
 
@@ -195,7 +196,7 @@ def test_an_emulated_aarch64_client_and_a_native_one_federate(tmp_path: Path) ->
         procs[2].wait(timeout=300)  # the emulated client leaves slowly after the server's bye
     finally:
         stop_processes(procs)
-    rounds = json.loads((out / "results.json").read_text())["rounds"]
+    rounds = read_document(out / "results.json")["runs"][0]["records"]
     assert [r["round"] for r in rounds] == [1, 2]
     for record in rounds:
         statuses = {c["client_id"]: c["status"] for c in record["clients"]}

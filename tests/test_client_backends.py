@@ -10,7 +10,6 @@ with its program and trains eagerly.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from lpfl.harness.launch import (
 )
 from lpfl.model.adapters import trainable_state
 from lpfl.model.prompt import PromptModel
+from lpfl.results import read_document
 from lpfl.runtime import ClientRuntime
 from lpfl.simulate import fresh_prompt_model
 from tests.export_artefacts import MAX_SEQ_LEN, exported
@@ -183,7 +183,7 @@ def test_websocket_clients_run_on_exported_programs(tmp_path: Path) -> None:
         watch_rounds(server, out / "results.json", 2, timeout_s=300)
     finally:
         stop_processes(procs)
-    rounds = json.loads((out / "results.json").read_text())["rounds"]
+    rounds = read_document(out / "results.json")["runs"][0]["records"]
     assert [r["round"] for r in rounds] == [1, 2]
     for record in rounds:
         clients = {c["client_id"]: c for c in record["clients"]}

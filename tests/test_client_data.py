@@ -4,7 +4,6 @@ server; a bad file stops the client with the file, row and what to do."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from lpfl.harness.launch import (
     wait_for_port,
     watch_rounds,
 )
+from lpfl.results import read_document
 from lpfl.simulate import round_settings
 from tests.conftest import tiny_config, write_run_file
 
@@ -128,7 +128,7 @@ def test_devices_federate_their_own_files_and_the_server_never_sees_a_text(
         stop_processes(procs)
     for cid in ids:
         assert "6 labeled and 10 unlabeled rows" in (out / f"{cid}.log").read_text()
-    rounds = json.loads((out / "results.json").read_text())["rounds"]
+    rounds = read_document(out / "results.json")["runs"][0]["records"]
     assert [r["round"] for r in rounds] == [1, 2]
     for record in rounds:
         assert sorted(c["client_id"] for c in record["clients"]) == ids

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 from lpfl.errors import ConfigError, LpflError
+from lpfl.results import read_document
 from lpfl.server.background_eval import SPOOL_NAME, BackgroundEvaluator, Evaluation
 from lpfl.server.checkpoint import load_checkpoint, save_checkpoint
 from lpfl.transport import EvaluationMode, ServerSettings, server_settings_from_dict
@@ -53,7 +53,7 @@ def test_rounds_do_not_wait_and_every_evaluation_lands_in_its_record(tmp_path: P
     for record in done.outcome.rounds:
         assert record.eval_seconds >= EVAL_SECONDS
         assert record.seconds < EVAL_SECONDS  # the round's own time, without its evaluation
-    on_disk = json.loads((folder / "results.json").read_text())["rounds"]
+    on_disk = read_document(folder / "results.json")["runs"][0]["records"]
     assert [r["eval_metrics"] for r in on_disk] == expected
     assert [r.eval_metrics for r in load_checkpoint(folder / "checkpoint.safetensors").rounds] \
         == expected

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from lpfl.results import read_document
 from lpfl.server.checkpoint import load_checkpoint
 from tests import fake_federation as ff
 
@@ -96,7 +97,7 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
 
 def recorded_rounds(folder: Path) -> list[int]:
     try:
-        return [r["round"] for r in json.loads((folder / "results.json").read_text())["rounds"]]
+        return [r["round"] for r in read_document(folder / "results.json")["runs"][0]["records"]]
     except (FileNotFoundError, json.JSONDecodeError):
         return []
 
@@ -139,7 +140,7 @@ def test_round_completes_when_a_client_is_killed_mid_round_and_it_rejoins_later(
     processes.wait_for(lambda: recorded_rounds(run_dir) == [1, 2], "round 2 to be recorded")
     processes.clients(port, {"c-3": tokens["c-3"]})  # round 3 waits for it (min-clients = 3)
     assert processes.wait("server") == 0, processes.log("server")
-    results = json.loads((run_dir / "results.json").read_text())["rounds"]
+    results = read_document(run_dir / "results.json")["runs"][0]["records"]
     assert [r["round"] for r in results] == [1, 2, 3]
     second = {c["client_id"]: c["status"] for c in results[1]["clients"]}
     assert second == {"c-1": "updated", "c-2": "updated", "c-3": "dropped"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from lpfl import wire
 from lpfl.edge_client.connection import EdgeClient
 from lpfl.errors import ConfigError
 from lpfl.records import RoundRecord
+from lpfl.results import read_document
 from lpfl.server.app import AggregatorServer, RunOutcome
 from lpfl.server.checkpoint import load_checkpoint
 from lpfl.strategy import ClientUpdate
@@ -38,12 +38,12 @@ def test_run_matches_in_process_fedavg_and_records_every_round(tmp_path: Path) -
     assert checkpoint.round == 3
     for name, tensor in expected.items():
         torch.testing.assert_close(checkpoint.global_state[name], tensor)
-    results = json.loads((tmp_path / "results.json").read_text())
-    assert [r["round"] for r in results["rounds"]] == [1, 2, 3]
+    records = read_document(tmp_path / "results.json")["runs"][0]["records"]
+    assert [r["round"] for r in records] == [1, 2, 3]
     assert [r.round for r in checkpoint.rounds] == [1, 2, 3]
     # Default clipping acts on these clients, and the in-process reference clipped alike.
     assert any(c.outcome.clipped for r in checkpoint.rounds for c in r.clients)
-    for document in results["rounds"]:
+    for document in records:
         record = RoundRecord.from_dict(document)
         assert record.to_dict() == document
         assert set(record.eval_metrics) == {"mean"}
@@ -169,7 +169,7 @@ def test_one_poisoning_client_cannot_break_the_model_with_default_settings(
         rows = {c.client_id: c for c in record.clients}
         assert rows["c-9"].outcome.status == "updated" and rows["c-9"].outcome.clipped
         assert all(rows[cid].outcome.status == "updated" for cid in IDS)
-    results = json.loads((tmp_path / "results.json").read_text())["rounds"]
+    results = read_document(tmp_path / "results.json")["runs"][0]["records"]
     assert results[0]["refused"] == first.refused
     assert [c["status"] for c in results[0]["clients"] if c["client_id"] == "c-9"] == [
         "discarded"]
@@ -220,7 +220,7 @@ def test_the_accuracy_guard_keeps_the_last_good_state_when_a_small_update_ruins_
     checkpoint = load_checkpoint(tmp_path / "checkpoint.safetensors")
     for name, tensor in run.outcome.global_state.items():
         torch.testing.assert_close(checkpoint.global_state[name], tensor)
-    results = json.loads((tmp_path / "results.json").read_text())["rounds"]
+    results = read_document(tmp_path / "results.json")["runs"][0]["records"]
     assert results[0]["refused"] == first.refused
     assert results[0]["clients"][-1]["reason"] == "the round's aggregate was refused"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,8 @@ import torch
 from lpfl import wire
 from lpfl.privacy import Accountant, DpRound, PrivacyRules
 from lpfl.protocol import ClientFailed, ClipMode, RoundRules
-from lpfl.records import ClientStatus, RoundRecord
+from lpfl.records import ClientStatus
+from lpfl.results import read_records
 from lpfl.rounds import TaskOutcome, drive
 from lpfl.secagg import scale_bits
 from lpfl.server.app import RunOutcome
@@ -57,9 +57,8 @@ def test_three_clients_with_secure_aggregation_end_where_the_in_process_run_does
     for name, tensor in expected.items():
         torch.testing.assert_close(run.outcome.global_state[name], tensor, rtol=0,
                                    atol=3 * step)
-    results = json.loads((tmp_path / "results.json").read_text())
-    for document in results["rounds"]:
-        record = RoundRecord.from_dict(document)
+    records = read_records(tmp_path / "results.json")
+    for record in records:
         updated = {c.client_id for c in record.clients
                    if c.outcome.status is ClientStatus.UPDATED}
         assert updated == ({"c-1", "c-2"} if record.round == 2 else set(IDS))
@@ -69,7 +68,7 @@ def test_three_clients_with_secure_aggregation_end_where_the_in_process_run_does
                 assert client.traffic.payload_uplink_bytes > 0
                 # Keys, shares and unmasking cost frames beyond the masked input.
                 assert client.traffic.wire_uplink_bytes > client.traffic.payload_uplink_bytes
-    failed = RoundRecord.from_dict(results["rounds"][1]).clients[2]
+    failed = records[1].clients[2]
     assert failed.outcome.status is ClientStatus.FAILED
 
 

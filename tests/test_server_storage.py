@@ -17,7 +17,7 @@ import torch
 from lpfl.errors import ConfigError, LpflError
 from lpfl.protocol import ClipMode, RoundRules
 from lpfl.records import ClientOutcome, ClientRecord, ClientStatus, RoundRecord, Traffic
-from lpfl.results import JsonResultsWriter, write_atomically
+from lpfl.results import SCHEMA, JsonResultsWriter, read_document, read_records, write_atomically
 from lpfl.server import cli as server_cli
 from lpfl.server.auth import TokenAuthenticator
 from lpfl.server.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -84,12 +84,30 @@ def test_results_writer_rewrites_the_whole_history(tmp_path: Path) -> None:
     writer.write([RECORD])
     writer.write([RECORD, RECORD])
     document = json.loads((tmp_path / "results.json").read_text())
-    meta = document["meta"]
-    assert meta["config"] == {"rounds": 2}
-    assert len(document["rounds"]) == 2
-    made = meta["provenance"]
+    assert document["schema"] == SCHEMA and document["config"] == {"rounds": 2}
+    (run,) = document["runs"]
+    assert len(run["records"]) == len(run["rounds"]) == 2
+    assert [RoundRecord.from_dict(r) for r in run["records"]] == [RECORD, RECORD]
+    assert run["rounds"][0] == RECORD.summary(wire=True)
+    made = run["provenance"]
     assert made["started"] <= made["finished"] and made["lpfl"] and made["machine"]["cpu_count"]
     assert set(made["libraries"]) >= {"torch", "transformers", "peft"}
+
+
+def test_an_older_aggregator_file_reads_in_the_current_layout(tmp_path: Path) -> None:
+    path = tmp_path / "results.json"
+    config = {"run": {"methods": ["lp-fl"], "seeds": [3]}}
+    path.write_text(json.dumps({"meta": {"config": config, "server": {"port": 1}},
+                                "rounds": [RECORD.to_dict()]}))
+    document = read_document(path)
+    assert document["config"] == config and document["server"] == {"port": 1}
+    (run,) = document["runs"]
+    assert (run["method"], run["seed"]) == ("lp-fl", 3)
+    assert run["rounds"] == [RECORD.summary(wire=True)]
+    assert read_records(path) == [RECORD]
+    path.write_text("[1, 2]")
+    with pytest.raises(LpflError, match="not an lpfl results file"):
+        read_document(path)
 
 
 def test_tokens_are_checked_and_files_are_validated(tmp_path: Path) -> None:
