@@ -27,19 +27,25 @@ def _field_groups() -> set[Path]:
     return {p for base in (layout.bases() if layout else []) for p in base.glob("lf*-c*")}
 
 
-def test_a_fleet_runs_each_client_on_its_own_link_and_quota(tmp_path: Path) -> None:
-    run_file = tmp_path / "run.toml"
-    run_file.write_text(RUN)
-    # A device half as fast as this host: its reference is this host's own measured throughput
-    # on the run's model, halved (a fixture, not a claim about any device).
+def slower_board(folder: Path, run_file: Path, factor: int, name: str) -> Path:
+    """A device profile ``factor`` times slower than this host: its reference is this host's
+    own measured throughput on the run's model, divided (a fixture, not a claim about any
+    device)."""
     host = measure_host(load_config(run_file))
-    board = tmp_path / "half-host.toml"
-    board.write_text('name = "half-host"\nkind = "jetson"\ncpu_arch = "x86_64"\n'
+    board = folder / f"{name}.toml"
+    board.write_text(f'name = "{name}"\nkind = "jetson"\ncpu_arch = "x86_64"\n'
                      'memory_budget_mb = 2048\nthreads = 1\nlink = "lte"\nroute = "native"\n'
                      'source = "test fixture"\n[speed]\n'
                      f"model_params_m = {host.model_params / 1e6}\n"
-                     f"train_tokens_per_s = {host.train_tokens_per_s / 2}\n"
-                     'source = "test fixture: half of this host"\n')
+                     f"train_tokens_per_s = {host.train_tokens_per_s / factor}\n"
+                     f'source = "test fixture: 1/{factor} of this host"\n')
+    return board
+
+
+def test_a_fleet_runs_each_client_on_its_own_link_and_quota(tmp_path: Path) -> None:
+    run_file = tmp_path / "run.toml"
+    run_file.write_text(RUN)
+    board = slower_board(tmp_path, run_file, 2, "half-host")
     fleet = Fleet(groups=(FleetGroup(1, str(board), {"3g": 1.0}),
                           FleetGroup(1, "jetson-orin-nano", {"wifi": 1.0})), name="mixed")
     out = tmp_path / "field"

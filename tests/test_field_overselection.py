@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from lpfl.config import load_config
 from lpfl.errors import LpflError
 from lpfl.fleet import Fleet, FleetGroup
-from lpfl.harness.field.calibrate import measure_host
 from lpfl.harness.field.cpu_quota import detect, missing_cgroups
 from lpfl.harness.field.delay_proxy import Chunk
 from lpfl.harness.field.netns import missing_privileges
@@ -22,6 +20,7 @@ from lpfl.harness.field.run import FieldPlan, field, field_rows
 from lpfl.harness.field.target import target_from_results
 from lpfl.profiles.links import LINKS_FILE
 from lpfl.records import ClientOutcome, ClientRecord, ClientStatus, RoundRecord, Traffic
+from tests.test_field_fleet import slower_board
 from tests.test_launch import RUN
 
 REASON = missing_privileges() or missing_cgroups(detect())
@@ -95,14 +94,7 @@ def test_the_target_comes_from_a_reference_run_on_the_same_split(tmp_path: Path)
 def test_a_fleet_closes_rounds_without_its_slow_client(tmp_path: Path) -> None:
     run_file = tmp_path / "run.toml"
     run_file.write_text(RUN)
-    host = measure_host(load_config(run_file))
-    board = tmp_path / "slow-board.toml"  # a fixture: an eighth of this host's speed
-    board.write_text('name = "slow-board"\nkind = "jetson"\ncpu_arch = "x86_64"\n'
-                     'memory_budget_mb = 2048\nthreads = 1\nlink = "3g"\nroute = "native"\n'
-                     'source = "test fixture"\n[speed]\n'
-                     f"model_params_m = {host.model_params / 1e6}\n"
-                     f"train_tokens_per_s = {host.train_tokens_per_s / 8}\n"
-                     'source = "test fixture: an eighth of this host"\n')
+    board = slower_board(tmp_path, run_file, 8, "slow-board")
     fleet = Fleet(groups=(FleetGroup(1, str(board), {"3g": 1.0}),
                           FleetGroup(2, "jetson-orin-nano", {"wifi": 1.0})), name="overselect")
     out = tmp_path / "field"
