@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lpfl.errors import ModelError
-from lpfl.model.prompt import PromptModel, lm_token_loss
+from lpfl.model.prompt import PromptModel
 from lpfl.program_trainer import LM_METHOD, METHOD
 from lpfl.training import example_losses, weighted_loss
 
@@ -89,18 +89,19 @@ class PromptLoss(nn.Module):
 
 
 class PromptLmLoss(nn.Module):
-    """(input_ids, attention_mask, position_ids, weights) -> LM loss, on the network of a
-    :class:`PromptLoss` (the same parameters under the same names)."""
+    """(input_ids, attention_mask, position_ids, weights) -> the prompt model's LM loss
+    (:meth:`~lpfl.model.prompt.PromptModel.lm_loss`), on the network of a :class:`PromptLoss`
+    (the same parameters under the same names)."""
 
     def __init__(self, loss: PromptLoss) -> None:
         super().__init__()
+        self.pm = loss.pm  # calls self.pm.network, which is self.network
         self.network = loss.network
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 position_ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        out = self.network(input_ids=input_ids, attention_mask=attention_mask,
-                           position_ids=position_ids, use_cache=False)
-        return lm_token_loss(out.logits, input_ids, attention_mask, weights)
+        return self.pm.lm_loss({"input_ids": input_ids, "attention_mask": attention_mask,
+                                "position_ids": position_ids}, weights)
 
 
 def _int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,7 +21,7 @@ import torch
 
 from lpfl.errors import ArtefactError, ConfigError
 from lpfl.program_scorer import use_torch_threads
-from lpfl.training import LmBatches, TrainExample, batch_tensors
+from lpfl.training import LmBatches, TrainExample, batch_tensors, check_plans
 
 log = logging.getLogger(__name__)
 
@@ -200,10 +200,7 @@ def program_train_steps(trainer: ProgramTrainer, encode: Encode,
     """:func:`lpfl.training.train_steps` on a training program: the same batches, the same
     weighted cross-entropy (plus ``lm``'s weighted language-model loss), the same AdamW (fresh
     each call), the same mean classification loss."""
-    if not plan:
-        raise ValueError("the batch plan is empty")
-    if lm is not None and len(lm.plan) != len(plan):
-        raise ValueError(f"{len(lm.plan)} LM batches for {len(plan)} training steps")
+    check_plans(plan, lm)
     trainer.reset_optimizer(weight_decay)
     total = 0.0
     for step, batch in enumerate(plan):

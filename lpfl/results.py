@@ -161,13 +161,17 @@ class JsonResultsWriter:
 
     def write(self, rounds: Sequence[RoundRecord]) -> None:
         config = dict(self.meta.get("config") or {})
-        run = config.get("run") or {}
-        method = str((run.get("methods") or ["federated"])[0])
-        seed = int((run.get("seeds") or [0])[0])
         extra = {k: v for k, v in self.meta.items() if k != "config"}
-        entry = run_entry(method, seed, rounds, wire=True, provenance=provenance(self.started))
+        entry = run_entry(*_served(config), rounds, wire=True,
+                          provenance=provenance(self.started))
         write_json_atomic(self.path, {"schema": SCHEMA, "config": config, **extra,
                                       "runs": [entry]})
+
+
+def _served(config: Mapping[str, Any]) -> tuple[str, int]:
+    """The method and seed an aggregator runs: the first of each in its run config."""
+    run = config.get("run") or {}
+    return str((run.get("methods") or ["federated"])[0]), int((run.get("seeds") or [0])[0])
 
 
 def read_document(path: Path) -> dict[str, Any]:
@@ -182,10 +186,8 @@ def read_document(path: Path) -> dict[str, Any]:
     if isinstance(document, dict) and isinstance(document.get("rounds"), list):
         meta = dict(document.get("meta") or {})
         config = dict(meta.pop("config", None) or {})
-        run = config.get("run") or {}
         records = [RoundRecord.from_dict(r) for r in document["rounds"]]
-        entry = run_entry(str((run.get("methods") or ["federated"])[0]),
-                          int((run.get("seeds") or [0])[0]), records, wire=True,
+        entry = run_entry(*_served(config), records, wire=True,
                           provenance=meta.pop("provenance", None))
         return {"schema": SCHEMA, "config": config, **meta, "runs": [entry]}
     raise LpflError(f"{path} is not an lpfl results file (no 'runs')")

@@ -120,6 +120,14 @@ def weighted_loss(losses: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     return (losses * weights).sum() / weights.sum().clamp_min(1e-12)
 
 
+def check_plans(plan: Sequence[Sequence[int]], lm: LmBatches | None) -> None:
+    """A ValueError unless ``plan`` has a batch and ``lm`` (if any) one LM batch per step."""
+    if not plan:
+        raise ValueError("the batch plan is empty")
+    if lm is not None and len(lm.plan) != len(plan):
+        raise ValueError(f"{len(lm.plan)} LM batches for {len(plan)} training steps")
+
+
 def train_steps(pm: PromptModel, examples: Sequence[TrainExample],
                 plan: Sequence[Sequence[int]], lr: float, weight_decay: float = 0.0,
                 lm: LmBatches | None = None) -> float:
@@ -129,10 +137,7 @@ def train_steps(pm: PromptModel, examples: Sequence[TrainExample],
     The optimizer is fresh each call: in federated learning each round starts from the new global
     state, and optimizer moments are neither transmitted nor averaged.
     """
-    if not plan:
-        raise ValueError("the batch plan is empty")
-    if lm is not None and len(lm.plan) != len(plan):
-        raise ValueError(f"{len(lm.plan)} LM batches for {len(plan)} training steps")
+    check_plans(plan, lm)
     params = [p for p in pm.network.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters; attach LoRA or unfreeze it")

@@ -348,6 +348,19 @@ def test_label_words_of_several_tokens_train_like_eager(tmp_path: Path) -> None:
     torch.testing.assert_close(trainer.state(), trainable_state(pm), atol=STATE_TOL, rtol=0)
 
 
+def assert_gradients_match(pm: PromptModel, trainer: ProgramTrainer, rel: float,
+                           floor: float) -> None:
+    """The program's last gradients against those eager autograd left in ``pm`` (then
+    cleared): each within ``rel`` of its norm, plus ``floor``."""
+    eager = {n.replace(".default", ""): p.grad for n, p in pm.network.named_parameters()
+             if p.requires_grad}
+    for name, grad in trainer._gradients.items():
+        expected = eager[name]
+        assert expected is not None
+        assert float((grad - expected).norm()) <= rel * float(expected.norm()) + floor, name
+    pm.network.zero_grad()
+
+
 def lm_batches(steps: int, seed: int) -> LmBatches:
     """Unlabeled MR texts for ``steps`` LM batches of up to :data:`BATCH` (the last short)."""
     texts = tuple(e.text for e in load_corpus("mr")[100:110])
@@ -372,13 +385,7 @@ def test_the_lm_method_gives_eager_lm_loss(pm: PromptModel, fp32_program: Path) 
     eager_lm = pm.lm_loss(texts)
     (weighted_loss(pm.class_logits(batch), targets, torch.ones(3)) + 0.5 * eager_lm).backward()
     assert lm_loss == pytest.approx(float(eager_lm.detach()), abs=1e-4)
-    grads = {n.replace(".default", ""): p.grad for n, p in pm.network.named_parameters()
-             if p.requires_grad}
-    for name, grad in trainer._gradients.items():
-        expected = grads[name]
-        assert expected is not None
-        assert float((grad - expected).norm()) <= 1e-4 * float(expected.norm()) + 1e-6, name
-    pm.network.zero_grad()
+    assert_gradients_match(pm, trainer, 1e-4, 1e-6)
 
 
 def test_program_train_steps_trains_the_lm_loss_like_eager(pm: PromptModel,
@@ -453,13 +460,6 @@ def test_smollm2_program_tracks_eager_for_20_steps(tmp_path: Path) -> None:
     eager_loss = weighted_loss(pm.class_logits(batch), targets, weights)
     eager_loss.backward()
     assert loss == pytest.approx(float(eager_loss), abs=1e-4)
-    grads = {n.replace(".default", ""): p.grad for n, p in pm.network.named_parameters()
-             if p.requires_grad}
-    program_grads = trainer._gradients
-    for name, grad in program_grads.items():
-        expected = grads[name]
-        assert expected is not None
-        assert float((grad - expected).norm()) <= 1e-4 * float(expected.norm()) + 1e-7, name
-    pm.network.zero_grad()
+    assert_gradients_match(pm, trainer, 1e-4, 1e-7)
     eager, device = step_by_step(pm, trainer, data, 1e-3, seed=0)
     np.testing.assert_allclose(device, eager, atol=1e-3)

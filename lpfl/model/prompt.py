@@ -192,12 +192,9 @@ class PromptModel:
                                    batch["position_ids"])
         label_ids = words.ids
         if self.causal:
-            out = self.network(input_ids=batch["input_ids"],
-                               attention_mask=batch["attention_mask"],
-                               position_ids=batch["position_ids"], logits_to_keep=1,
-                               use_cache=False)
-            logits: torch.Tensor = out.logits[:, -1, :].index_select(-1, label_ids)
-            return logits
+            last = self._logits_at(batch["input_ids"], batch["attention_mask"],
+                                   batch["position_ids"], 1)
+            return last[:, -1, :].index_select(-1, label_ids)
         out = self.network(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         rows = torch.arange(batch["input_ids"].shape[0], device=self.device)
         masked: torch.Tensor = out.logits[rows, batch["mask_index"]].index_select(-1, label_ids)
@@ -210,15 +207,18 @@ class PromptModel:
         logits: torch.Tensor = out.logits
         return logits
 
-    def lm_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def lm_loss(self, batch: dict[str, torch.Tensor],
+                row_weights: torch.Tensor | None = None) -> torch.Tensor:
         """The mean next-token cross-entropy over the real (unpadded) tokens of ``batch``'s
-        prompts (as :meth:`encode` makes them); differentiable. Causal LMs only."""
+        prompts (as :meth:`encode` makes them; ``row_weights`` as in :func:`lm_token_loss`);
+        differentiable. Causal LMs only."""
         if not self.causal:
             raise ModelError("the language-model loss (soft_labels.lm_weight) needs a causal "
                              "LM; set it to 0 for a masked LM")
         out = self.network(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                            position_ids=batch["position_ids"], use_cache=False)
-        return lm_token_loss(out.logits, batch["input_ids"], batch["attention_mask"])
+        return lm_token_loss(out.logits, batch["input_ids"], batch["attention_mask"],
+                             row_weights)
 
     @torch.no_grad()
     def score(self, texts: Sequence[str], batch_size: int = 32,
